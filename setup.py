@@ -1,0 +1,41 @@
+"""xytok: recipes and training code for XY-Tokenizer (Gong et al., arXiv 2506.23325)."""
+from setuptools import find_packages, setup
+
+EXTRAS = {
+    # Hugging Face: Whisper initialisation, Qwen2.5 LLM for ASR supervision, whisper/hubert/wavlm scorers.
+    "hf": ["transformers>=4.40"],
+    # Evaluation metrics and the offline ASR/SIM backends.
+    "eval": [
+        "jiwer>=3.0",
+        "pesq>=0.0.4",
+        "pystoi>=0.4",
+        "resemblyzer>=0.1.4",
+        "pocketsphinx>=5.0",
+        # resemblyzer -> webrtcvad does `import pkg_resources`, removed in setuptools 81.
+        "setuptools<81",
+    ],
+    "test": ["pytest>=7"],
+}
+EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})
+
+setup(
+    name="xytok",
+    version="0.1.0",
+    description="XY-Tokenizer speech codec: training recipes, inference, evaluation",
+    packages=find_packages(include=["xytok", "xytok.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "scipy",
+        "soundfile",
+        "kaldiio",
+        "pyyaml",
+        "tqdm",
+        "sentencepiece",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["xytok=xytok.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""Building blocks of the XY-Tokenizer generator (one concept per file)."""
