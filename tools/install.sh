@@ -25,8 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
     log "apt-get install ${missing[*]}"
-    $sudo apt-get update -qq || log "WARNING: apt-get update failed; trying install anyway"
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    $sudo apt-get update -qq >/dev/null 2>&1 || log "WARNING: apt-get update failed; trying install anyway"
+    aptlog=$(mktemp)
+    if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >"$aptlog" 2>&1; then
+      tail -20 "$aptlog" >&2; log "ERROR: apt-get install ${missing[*]} failed (log above)"; exit 1
+    fi
+    rm -f "$aptlog"
   fi
 fi
 
