@@ -1,0 +1,241 @@
+"""Audio input/output shared by the CLI, the recipe's audio dump (stage 2) and scoring.
+
+* ``load_audio`` reads a file, a Kaldi ``wav.scp`` value (a path, a ``cmd |`` pipe or an
+  ``foo.ark:123`` offset) and returns mono float32 at the target rate;
+* ``read_wav_scp`` parses a Kaldi ``wav.scp`` (``uttid path`` / ``uttid cmd |``);
+* ``list_audio_dir`` maps a directory of audio files to utterance ids (file stems);
+* ``write_wav`` writes a file atomically (temp name + rename), reporting clipping.
+
+Every problem raises :class:`AudioError` (a ``ValueError``) whose message names the file.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import subprocess
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import soundfile as sf
+
+logger = logging.getLogger(__name__)
+
+# Extensions treated as audio when a directory is given (libsndfile formats).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".sph", ".w64", ".caf")
+
+_ARK_OFFSET = re.compile(r"^(?P<ark>.+\.ark):(?P<offset>\d+)$")
+
+
+class AudioError(ValueError):
+    """Unreadable, empty or invalid audio. The message names the file or utterance."""
+
+
+@dataclass
+class AudioInfo:
+    source: str  # path or pipe command, as given
+    orig_sample_rate: int
+    orig_channels: int
+    orig_num_samples: int  # per channel, before resampling
+    sample_rate: int  # after resampling
+    num_samples: int  # after resampling and downmix
+    resampled: bool
+    downmixed: bool
+
+    @property
+    def duration(self) -> float:
+        return self.num_samples / float(self.sample_rate)
+
+
+def _read_pipe(command: str, what: str) -> Tuple[np.ndarray, int]:
+    """Run a Kaldi-style ``cmd |`` entry and decode the audio it writes to stdout."""
+    proc = subprocess.run(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise AudioError(f"{what}: pipe command failed with exit status {proc.returncode}: "
+                         f"{command!r}: {' | '.join(err)}")
+    if not proc.stdout:
+        raise AudioError(f"{what}: pipe command wrote no audio to stdout: {command!r}")
+    try:
+        data, sr = sf.read(io.BytesIO(proc.stdout), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError for bad streams
+        raise AudioError(f"{what}: cannot decode the audio written by pipe command {command!r}: {e}") from None
+    return data, sr
+
+
+def _read_ark(ark: str, offset: int, what: str) -> Tuple[np.ndarray, int]:
+    """Read a wav stored inside a Kaldi ark (``foo.ark:123``, as written by kaldiio/wav-copy)."""
+    import kaldiio
+
+    try:
+        loaded = kaldiio.load_mat(f"{ark}:{offset}")
+    except Exception as e:
+        raise AudioError(f"{what}: cannot read audio from ark {ark!r} at offset {offset}: {e}") from None
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise AudioError(f"{what}: ark entry {ark}:{offset} holds a matrix, not audio")
+    sr, data = loaded
+    data = np.asarray(data)
+    if np.issubdtype(data.dtype, np.integer):
+        data = data.astype(np.float32) / 32768.0  # Kaldi stores int16 PCM
+    data = data.astype(np.float32)
+    if data.ndim == 1:
+        data = data[:, None]
+    return data, int(sr)
+
+
+def _read_any(entry: str, what: str) -> Tuple[np.ndarray, int]:
+    stripped = entry.strip()
+    if stripped.endswith("|"):
+        return _read_pipe(stripped[:-1].strip(), what)
+    if not os.path.exists(stripped):
+        m = _ARK_OFFSET.match(stripped)
+        if m and os.path.exists(m.group("ark")):
+            return _read_ark(m.group("ark"), int(m.group("offset")), what)
+        raise AudioError(f"{what}: file not found: {stripped}")
+    if os.path.isdir(stripped):
+        raise AudioError(f"{what}: is a directory, not an audio file: {stripped}")
+    try:
+        data, sr = sf.read(stripped, dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"{what}: cannot read audio file {stripped}: {e}") from None
+    return data, sr
+
+
+def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Polyphase resampling with the exact rational ratio target_sr/orig_sr (float32 out)."""
+    if orig_sr == target_sr:
+        return wav
+    from scipy.signal import resample_poly
+
+    g = math.gcd(int(orig_sr), int(target_sr))
+    up, down = int(target_sr) // g, int(orig_sr) // g
+    out = resample_poly(wav.astype(np.float64), up, down, axis=0)
+    return out.astype(np.float32)
+
+
+def load_audio(path_or_scp_entry: str, target_sr: Optional[int] = 16000, utt: Optional[str] = None
+               ) -> Tuple[np.ndarray, AudioInfo]:
+    """Load mono float32 audio at ``target_sr`` (None = keep the file's rate).
+
+    ``path_or_scp_entry`` is a file path, a Kaldi pipe (``sox a.flac -t wav - |``) or an ark
+    offset (``feats.ark:42``), i.e. anything that may follow the utterance id in ``wav.scp``.
+    Multi-channel audio is averaged to mono and other rates are resampled; both are logged.
+    ``utt`` (optional) is only used to name the utterance in messages.
+    """
+    entry = str(path_or_scp_entry)
+    what = f"utterance {utt!r} ({entry.strip()})" if utt else entry.strip()
+    data, sr = _read_any(entry, what)
+    n_frames, n_channels = data.shape
+    if n_frames == 0 or n_channels == 0:
+        raise AudioError(f"{what}: audio is empty (0 samples)")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise AudioError(f"{what}: audio contains {bad} NaN/Inf sample(s)")
+
+    downmixed = n_channels > 1
+    if downmixed:
+        logger.info("%s: downmixing %d channels to mono (mean)", what, n_channels)
+        wav = data.mean(axis=1, dtype=np.float64).astype(np.float32)
+    else:
+        wav = data[:, 0]
+
+    out_sr = sr if target_sr is None else int(target_sr)
+    resampled = out_sr != sr
+    if resampled:
+        logger.info("%s: resampling %d Hz -> %d Hz", what, sr, out_sr)
+        wav = resample(wav, sr, out_sr)
+        if wav.size == 0:
+            raise AudioError(f"{what}: audio is empty after resampling {sr} -> {out_sr} Hz")
+
+    info = AudioInfo(source=entry.strip(), orig_sample_rate=int(sr), orig_channels=int(n_channels),
+                     orig_num_samples=int(n_frames), sample_rate=out_sr, num_samples=int(wav.shape[0]),
+                     resampled=resampled, downmixed=downmixed)
+    return np.ascontiguousarray(wav, dtype=np.float32), info
+
+
+def read_wav_scp(path: str) -> "OrderedDict[str, str]":
+    """Parse a Kaldi ``wav.scp``: ``uttid path`` or ``uttid cmd |`` per line (order kept).
+
+    Blank lines are ignored; a line without a value or a repeated id is an error naming
+    the file and line number.
+    """
+    entries: "OrderedDict[str, str]" = OrderedDict()
+    first_line = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise AudioError(f"{path}: cannot read wav.scp: {e}") from None
+    except UnicodeDecodeError as e:
+        raise AudioError(f"{path}: not a text wav.scp (not UTF-8): {e}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2:
+            raise AudioError(f"{path}:{lineno}: malformed wav.scp line (expected 'uttid path' "
+                             f"or 'uttid command |'): {line!r}")
+        utt, value = parts
+        if utt in entries:
+            raise AudioError(f"{path}:{lineno}: duplicate utterance id {utt!r} "
+                             f"(first seen on line {first_line[utt]})")
+        entries[utt] = value
+        first_line[utt] = lineno
+    return entries
+
+
+def is_audio_file(path: str) -> bool:
+    return os.path.isfile(path) and os.path.splitext(path)[1].lower() in AUDIO_EXTENSIONS
+
+
+def list_audio_dir(directory: str) -> "OrderedDict[str, str]":
+    """Audio files directly inside ``directory`` as utt id (file stem) -> path, sorted by id."""
+    found = {}
+    for name in os.listdir(directory):
+        full = os.path.join(directory, name)
+        if not is_audio_file(full):
+            continue
+        stem = os.path.splitext(name)[0]
+        if stem in found:
+            raise AudioError(f"{directory}: two audio files give the same utterance id {stem!r}: "
+                             f"{os.path.basename(found[stem])} and {name}")
+        found[stem] = full
+    # LC_ALL=C order (byte order), as Kaldi tools expect.
+    return OrderedDict((k, found[k]) for k in sorted(found, key=lambda s: s.encode("utf-8")))
+
+
+def write_wav(path: str, wav: Union[np.ndarray, "object"], sr: int = 16000, subtype: str = "PCM_16") -> int:
+    """Write mono audio atomically (temp file + rename). Returns the number of clipped samples.
+
+    For integer PCM subtypes, samples outside [-1, 1] are clipped and the count is logged.
+    """
+    if hasattr(wav, "detach"):  # torch tensor
+        wav = wav.detach().cpu().numpy()
+    wav = np.asarray(wav, dtype=np.float32).reshape(-1)
+    if not np.isfinite(wav).all():
+        raise AudioError(f"{path}: refusing to write audio with NaN/Inf samples")
+    clipped = 0
+    if subtype.startswith("PCM") or subtype in ("ULAW", "ALAW"):
+        over = np.abs(wav) > 1.0
+        clipped = int(over.sum())
+        if clipped:
+            logger.warning("%s: clipping %d of %d samples (peak %.3f) to [-1, 1]",
+                           path, clipped, wav.size, float(np.abs(wav).max()))
+            wav = np.clip(wav, -1.0, 1.0)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path))
+    fmt = (ext[1:] or "wav").upper()
+    tmp = os.path.join(directory, f".{base}.tmp{os.getpid()}{ext}")
+    try:
+        sf.write(tmp, wav, sr, subtype=subtype, format=fmt)
+        os.replace(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return clipped
