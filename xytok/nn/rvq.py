@@ -1,0 +1,337 @@
+"""Residual vector quantizer of XY-Tokenizer (8 x 1024 RVQ at 12.5 Hz in the released model).
+
+Two behaviours share one module:
+
+* ``.eval()`` (or ``frozen=True``): exactly the official inference. Codes are bit-identical to the
+  released implementation: the residual is masked before every layer, distances are
+  ``|e|^2 - 2 e.c + |c|^2`` in float32, the first best index wins, and the straight-through value
+  ``e + (c - e)`` (not bitwise ``c``) feeds both the running sum and the residual.
+* ``.train()`` with gradients enabled: the training-time quantizer. Codebooks are buffers learned
+  by EMA (decay 0.99, Laplace smoothing eps 1e-5), initialised by k-means (10 iterations) on the
+  first batch, with dead codes (EMA cluster size < 2) replaced by vectors of the current batch.
+  Gradients reach the encoder through the straight-through estimator; the commitment loss pulls
+  the encoder output towards its (stop-gradient) codeword. DAC-style quantizer dropout trains the
+  first items of a batch with a random number of layers. Under ``torch.distributed`` the EMA
+  statistics are all-reduced and the k-means / dead-code vectors come from rank 0 by broadcast,
+  so every rank keeps identical codebooks.
+
+Deliberate differences from the official training code (its inference path is unaffected):
+padded frames and dropped-out items never enter the EMA / k-means / dead-code statistics (the
+official code counts padded zero vectors); after k-means ``embed_avg = centroid * count`` so the
+first EMA step keeps the centroids (the official stores the bare centroid there); a replaced dead
+code gets ``cluster_size = threshold`` and ``embed_avg = vector * threshold`` so its new vector
+survives the next EMA step.
+
+The commitment loss returned by :meth:`ResidualVQ.forward` is the SUM over the used layers of the
+per-layer mean squared error ``|z_e - sg(z_q)|^2`` over valid frames, dims and non-dropped items,
+times ``commitment``.
+
+Stage 2 (frozen quantizer): call :meth:`ResidualVQ.freeze` (or ``quantizer.eval()``): no codebook
+update, no dropout, parameters get ``requires_grad=False``.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["ResidualVQ", "VectorQuantizer", "kmeans"]
+
+
+def _wn_conv1x1(in_dim: int, out_dim: int) -> nn.Conv1d:
+    """1x1 Conv1d with legacy weight norm (keys weight_g [out,1,1] / weight_v), as released."""
+    conv = nn.Conv1d(in_dim, out_dim, kernel_size=1)
+    with warnings.catch_warnings():
+        # The legacy API is deprecated in favour of parametrizations, but only it yields the
+        # released checkpoint's `weight_g` / `weight_v` key names.
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.utils.weight_norm(conv, dim=0)
+
+
+def _dist_active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sq_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(N, D) x (K, D) -> (N, K) squared distances, in the official order of float32 operations."""
+    x = x.float()
+    c = codebook.float()
+    return x.pow(2).sum(1, keepdim=True) - 2 * x @ c.t() + c.pow(2).sum(1, keepdim=True).t()
+
+
+def _nearest(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    # max of the negated distance = the official tie-breaking (first index of the minimum).
+    return (-_sq_distances(x, codebook)).max(dim=1).indices
+
+
+def _sample_rows(x: torch.Tensor, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`num` random rows of x (without replacement when there are enough)."""
+    n = x.shape[0]
+    if n >= num:
+        idx = torch.randperm(n, generator=generator, device="cpu")[:num]
+    else:
+        idx = torch.randint(0, n, (num,), generator=generator, device="cpu")
+    return x[idx.to(x.device)].float()
+
+
+@torch.no_grad()
+def kmeans(x: torch.Tensor, num_clusters: int, num_iters: int = 10,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on (N, D) float data; returns (centroids (K, D), counts (K,) float).
+
+    Centroids start from random data rows; an empty cluster keeps its previous centroid.
+    """
+    x = x.float()
+    dim = x.shape[1]
+    means = _sample_rows(x, num_clusters, generator)
+    for _ in range(num_iters):
+        assign = _nearest(x, means)
+        counts = torch.bincount(assign, minlength=num_clusters)
+        sums = torch.zeros(num_clusters, dim, dtype=torch.float32, device=x.device)
+        sums.index_add_(0, assign, x)
+        new_means = sums / counts.clamp(min=1).unsqueeze(1)
+        means = torch.where((counts == 0).unsqueeze(1), means, new_means)
+    counts = torch.bincount(_nearest(x, means), minlength=num_clusters).float()
+    return means, counts
+
+
+class VectorQuantizer(nn.Module):
+    """One RVQ layer: a codebook (buffer) learned by EMA, plus optional per-layer projections.
+
+    Buffers (persistent, released names): codebook [K, D'], inited [1] bool, cluster_size [K],
+    embed_avg [K, D']. When ``input_dim != codebook_dim`` the official layout adds weight-normed
+    1x1 convs ``in_project`` / ``out_project`` (absent in the released and tiny configs).
+    """
+
+    def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int, decay: float = 0.99,
+                 epsilon: float = 1e-5, threshold_ema_dead_code: float = 2, kmeans_iters: int = 10,
+                 kmeans_init: bool = True):
+        super().__init__()
+        self.input_dim = input_dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.decay = decay
+        self.epsilon = epsilon
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.kmeans_iters = kmeans_iters
+        if input_dim != codebook_dim:
+            self.in_project = _wn_conv1x1(input_dim, codebook_dim)
+            self.out_project = _wn_conv1x1(codebook_dim, input_dim)
+        else:
+            self.in_project = nn.Identity()
+            self.out_project = nn.Identity()
+        # As released: zero codebook waiting for k-means when kmeans_init, random otherwise.
+        init = torch.zeros(codebook_size, codebook_dim) if kmeans_init else torch.randn(codebook_size, codebook_dim)
+        self.register_buffer("codebook", init)
+        self.register_buffer("inited", torch.tensor([not kmeans_init], dtype=torch.bool))
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
+        self.register_buffer("embed_avg", init.clone())
+
+    # ---- lookups -------------------------------------------------------------------------
+    def decode_code(self, indices: torch.Tensor) -> torch.Tensor:
+        """(B, T) indices -> (B, D', T) codewords (codebook space, no projection)."""
+        return F.embedding(indices, self.codebook).transpose(1, 2).float()
+
+    # ---- training-time codebook maintenance ------------------------------------------------
+    @torch.no_grad()
+    def init_by_kmeans(self, vectors: torch.Tensor) -> None:
+        """k-means on this rank's valid vectors (rank 0's under torch.distributed, broadcast)."""
+        k, d = self.codebook_size, self.codebook_dim
+        device = self.codebook.device
+        distributed = _dist_active()
+        is_source = (not distributed) or dist.get_rank() == 0
+        ok = torch.zeros(1, device=device)
+        means = torch.zeros(k, d, device=device)
+        counts = torch.zeros(k, device=device)
+        if is_source and vectors.shape[0] > 0:
+            means, counts = kmeans(vectors, k, self.kmeans_iters)
+            ok.fill_(1)
+        if distributed:
+            for t in (ok, means, counts):
+                dist.broadcast(t, src=0)
+        if ok.item() == 0:  # no valid frame on the source rank: try again next batch
+            return
+        self.codebook.copy_(means)
+        self.cluster_size.copy_(counts)
+        self.embed_avg.copy_(means * counts.unsqueeze(1))
+        self.inited.fill_(True)
+
+    @torch.no_grad()
+    def ema_update(self, vectors: torch.Tensor, indices: torch.Tensor) -> None:
+        """EMA of per-code counts and vector sums over valid frames (all-reduced across ranks)."""
+        counts = torch.bincount(indices, minlength=self.codebook_size).float()
+        sums = torch.zeros_like(self.embed_avg)
+        sums.index_add_(0, indices, vectors.float())
+        if _dist_active():
+            dist.all_reduce(counts)
+            dist.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        # Laplace smoothing keeps unused codes from dividing by zero.
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.epsilon) / (total + self.codebook_size * self.epsilon) * total
+        self.codebook.copy_(self.embed_avg / smoothed.unsqueeze(1))
+
+    @torch.no_grad()
+    def replace_dead_codes(self, vectors: torch.Tensor) -> int:
+        """Codes whose EMA count fell below the threshold get random vectors of this batch."""
+        if self.threshold_ema_dead_code <= 0:
+            return 0
+        dead = self.cluster_size < self.threshold_ema_dead_code  # identical on all ranks
+        num_dead = int(dead.sum().item())
+        if num_dead == 0:
+            return 0
+        distributed = _dist_active()
+        is_source = (not distributed) or dist.get_rank() == 0
+        ok = torch.zeros(1, device=self.codebook.device)
+        new = torch.zeros(num_dead, self.codebook_dim, device=self.codebook.device)
+        if is_source and vectors.shape[0] > 0:
+            new = _sample_rows(vectors, num_dead).to(new.device)
+            ok.fill_(1)
+        if distributed:
+            dist.broadcast(ok, src=0)
+            dist.broadcast(new, src=0)
+        if ok.item() == 0:
+            return 0
+        self.codebook[dead] = new
+        self.embed_avg[dead] = new * self.threshold_ema_dead_code
+        self.cluster_size[dead] = float(self.threshold_ema_dead_code)
+        return num_dead
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, residual: torch.Tensor, valid: torch.Tensor | None = None, update: bool = False):
+        """Quantize a masked residual (B, D, T).
+
+        valid: (B, T) bool frames allowed into codebook statistics (used when ``update``).
+        Returns (value (B, D, T) straight-through output, indices (B, T), sq_err (B, T) summed over
+        codebook dims, z_e (B, D', T)).
+        """
+        z_e = self.in_project(residual.float()).float()
+        batch, dim, frames = z_e.shape
+        flat = z_e.detach().permute(0, 2, 1).reshape(-1, dim)
+        valid_flat = valid.reshape(-1) if valid is not None else None
+        if update and not bool(self.inited.item()):
+            self.init_by_kmeans(flat[valid_flat])
+        indices = _nearest(flat, self.codebook).view(batch, frames)
+        z_q = self.decode_code(indices)
+        sq_err = (z_e - z_q.detach()).pow(2).sum(1)
+        if update:
+            self.ema_update(flat[valid_flat], indices.reshape(-1)[valid_flat])
+            self.replace_dead_codes(flat[valid_flat])
+        value = z_e + (z_q - z_e).detach()  # straight-through estimator
+        return self.out_project(value).float(), indices, sq_err, z_e
+
+
+class ResidualVQ(nn.Module):
+    """Residual VQ with the released constructor keys and state-dict names.
+
+    forward(x (B, input_dim, T), lengths (B,)) -> (zq (B, output_dim, T), codes (nq, B, T) long,
+    commit_loss scalar, stats dict). See the module docstring for train/eval behaviour.
+    """
+
+    def __init__(self, input_dim: int = 1280, rvq_dim: int | None = None, output_dim: int | None = None,
+                 num_quantizers: int = 8, codebook_size: int = 1024, codebook_dim: int = 8,
+                 quantizer_dropout: float = 0.0, commitment: float = 1.0, decay: float = 0.99,
+                 epsilon: float = 1e-5, kmeans_iters: int = 10, threshold_ema_dead_code: float = 2,
+                 kmeans_init: bool = True, frozen: bool = False):
+        super().__init__()
+        rvq_dim = rvq_dim or input_dim
+        output_dim = output_dim or input_dim
+        if not 0.0 <= quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        self.input_dim, self.rvq_dim, self.output_dim = input_dim, rvq_dim, output_dim
+        self.num_quantizers = num_quantizers
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim
+        self.quantizer_dropout = quantizer_dropout
+        self.commitment = commitment
+        self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.frozen = frozen
+        # Registration order = released state-dict order: input_proj, output_proj, quantizers.
+        self.input_proj = _wn_conv1x1(input_dim, rvq_dim) if input_dim != rvq_dim else nn.Identity()
+        self.output_proj = _wn_conv1x1(rvq_dim, output_dim) if rvq_dim != output_dim else nn.Identity()
+        self.quantizers = nn.ModuleList(
+            VectorQuantizer(rvq_dim, codebook_size, codebook_dim, decay=decay, epsilon=epsilon,
+                            threshold_ema_dead_code=threshold_ema_dead_code,
+                            kmeans_iters=kmeans_iters, kmeans_init=kmeans_init)
+            for _ in range(num_quantizers)
+        )
+
+    def freeze(self) -> "ResidualVQ":
+        """Stage 2: behave as inference even in train mode; no gradients to the projections."""
+        self.frozen = True
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    @property
+    def updating(self) -> bool:
+        """True when this forward learns codebooks / applies dropout (train mode, grad on, not frozen)."""
+        return self.training and not self.frozen and torch.is_grad_enabled()
+
+    def _layers_per_item(self, batch: int, device) -> torch.Tensor:
+        """DAC-style quantizer dropout: the first int(B*p) items use a random 1..nq layers."""
+        n_q = torch.full((batch,), self.num_quantizers, dtype=torch.long, device=device)
+        n_drop = int(batch * self.quantizer_dropout) if self.updating else 0
+        if n_drop > 0:
+            n_q[:n_drop] = torch.randint(1, self.num_quantizers + 1, (n_drop,), device=device)
+        return n_q
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None):
+        if x.dim() != 3 or x.shape[1] != self.input_dim:
+            raise ValueError(f"ResidualVQ expects (B, {self.input_dim}, T), got {tuple(x.shape)}")
+        z = self.input_proj(x)
+        batch, _, frames = z.shape
+        if lengths is None:
+            lengths = torch.full((batch,), frames, dtype=torch.long, device=z.device)
+        time_mask = torch.arange(frames, device=z.device).unsqueeze(0) < lengths.to(z.device).unsqueeze(1)
+        update = self.updating
+        n_q = self._layers_per_item(batch, z.device)
+
+        quantized = torch.zeros_like(z, dtype=torch.float32)
+        residual = z.clone().float()
+        codes, layer_losses, usage, perplexity, dead = [], [], [], [], []
+        for i, quantizer in enumerate(self.quantizers):
+            active = time_mask & (i < n_q).unsqueeze(1)  # (B, T): frames this layer really codes
+            masked_residual = residual * time_mask.unsqueeze(1)
+            value, idx, sq_err, z_e = quantizer(masked_residual, active, update=update)
+            step = active.unsqueeze(1)
+            quantized = quantized + value * step
+            residual = residual - value * step
+            codes.append(idx)
+            n_valid = active.sum()
+            # Masked mean of |z_e - sg(z_q)|^2 over valid frames and codebook dims.
+            layer_losses.append((sq_err * active).sum() / (n_valid.clamp(min=1) * z_e.shape[1]))
+            used = idx[active]
+            hist = torch.bincount(used, minlength=self.codebook_size).float()
+            usage.append((hist > 0).sum())
+            prob = hist / hist.sum().clamp(min=1)
+            perplexity.append(torch.exp(-(prob * torch.log(prob.clamp(min=1e-10))).sum()))
+            dead.append((quantizer.cluster_size < self.threshold_ema_dead_code).sum())
+        zq = self.output_proj(quantized)
+        layer_losses = torch.stack(layer_losses) * self.commitment
+        stats = {
+            "commit_loss_per_layer": layer_losses.detach(),
+            "codebook_usage": torch.stack(usage),
+            "perplexity": torch.stack(perplexity),
+            "dead_codes": torch.stack(dead),
+            "n_quantizers": n_q,
+        }
+        return zq, torch.stack(codes), layer_losses.sum(), stats
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """(nq', B, T) codes, nq' <= num_quantizers -> (B, output_dim, T); no masking (as official)."""
+        if codes.dim() != 3 or not 1 <= codes.shape[0] <= self.num_quantizers:
+            raise ValueError(f"codes must be (nq<= {self.num_quantizers}, B, T), got {tuple(codes.shape)}")
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"code values must be in [0, {self.codebook_size}), got "
+                             f"[{int(codes.min())}, {int(codes.max())}]")
+        _, batch, frames = codes.shape
+        emb = torch.zeros(batch, self.rvq_dim, frames, dtype=torch.float32, device=codes.device)
+        for quantizer, layer_codes in zip(self.quantizers, codes):
+            emb += quantizer.out_project(quantizer.decode_code(layer_codes.long()))
+        return self.output_proj(emb)
