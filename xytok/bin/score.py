@@ -1,0 +1,81 @@
+"""Score reconstructed audio against references (`xytok score` / `python -m xytok.bin.score`).
+
+Example:
+  xytok score --ref data/test/wav.scp --hyp exp/x/decode/test/wav/wav.scp --text data/test/text \\
+      --metrics pesq_wb,pesq_nb,stoi,estoi,sim,wer --out exp/x/decode/test/score --nj 4
+
+Writes OUT/utt_scores.tsv, OUT/summary.json, OUT/wer.txt (Kaldi %WER form), OUT/asr_{ref,hyp}.txt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+DEFAULT_METRICS = "pesq_wb,pesq_nb,stoi,estoi,sim,wer"
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xytok score", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ref", required=True, help="reference wav.scp, or a directory (wav.scp inside, or *.wav)")
+    p.add_argument("--hyp", required=True, help="reconstruction wav.scp or directory, matched by utterance id")
+    p.add_argument("--text", default=None, help="Kaldi text of the references: adds transcript-based WER rows")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma-separated subset of pesq_wb,pesq_nb,stoi,estoi,sim,wer (default {DEFAULT_METRICS})")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--nj", type=int, default=1, help="parallel processes (one thread each)")
+    p.add_argument("--asr_backend", default="pocketsphinx", choices=["pocketsphinx", "whisper", "hubert"])
+    p.add_argument("--asr_model", default=None,
+                   help="HF model id or local dir (defaults: whisper openai/whisper-large-v3, "
+                        "hubert facebook/hubert-large-ls960-ft)")
+    p.add_argument("--sim_backend", default="resemblyzer", choices=["resemblyzer", "wavlm"])
+    p.add_argument("--sim_model", default=None, help="wavlm: HF id or local dir (default microsoft/wavlm-base-plus-sv)")
+    p.add_argument("--normalizer", default="basic_english", choices=["basic_english", "whisper_english", "none"],
+                   help="text normaliser applied to references and hypotheses alike")
+    p.add_argument("--device", default="cpu", help="torch device for ASR/SIM models (cpu, cuda, cuda:0)")
+    p.add_argument("--max_utts", type=int, default=None, help="score only the first N reference utterances")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from xytok.eval.inputs import read_text, resolve_audio_list
+    from xytok.eval.normalizer import get_normalizer
+    from xytok.eval.scoring import ALL_METRICS, ScoreConfig, run_scoring
+    from xytok.eval.summary import write_outputs
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    bad = [m for m in metrics if m not in ALL_METRICS]
+    if bad or not metrics:
+        print(f"xytok score: unknown metric(s) {bad}; choose from {','.join(ALL_METRICS)}", file=sys.stderr)
+        return 2
+    ref_list = resolve_audio_list(args.ref)
+    hyp_list = resolve_audio_list(args.hyp)
+    if args.max_utts:
+        ref_list = dict(sorted(ref_list.items())[: args.max_utts])
+    texts = read_text(args.text) if args.text else None
+    normalizer = get_normalizer(args.normalizer)
+    cfg = ScoreConfig(metrics=metrics, asr_backend=args.asr_backend, asr_model=args.asr_model,
+                      sim_backend=args.sim_backend, sim_model=args.sim_model, device=args.device)
+    logging.getLogger("xytok.score").info("scoring %d references against %s (%d entries), metrics %s, nj=%d",
+                                          len(ref_list), args.hyp, len(hyp_list), ",".join(metrics), args.nj)
+    results = run_scoring(ref_list, hyp_list, cfg, nj=args.nj)
+    summary = write_outputs(args.out, results, metrics, cfg, normalizer, texts,
+                            inputs={"ref": args.ref, "hyp": args.hyp, "text": args.text,
+                                    "n_ref": len(ref_list), "n_hyp": len(hyp_list)})
+    for m, s in summary["metrics"].items():
+        mean = "n/a" if s["mean"] is None else f"{s['mean']:.4f}"
+        print(f"{m:8s} mean {mean}  (N={s['n_scored']}, failed {s['n_failed']})")
+    if "wer" in summary:
+        for k in ("recon_vs_text", "ref_vs_text", "recon_vs_asr_ref"):
+            if k in summary["wer"]:
+                print(f"{k:17s} {summary['wer'][k]['kaldi']}")
+    print(f"wrote {args.out}/utt_scores.tsv, summary.json" + (", wer.txt" if "wer" in metrics else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

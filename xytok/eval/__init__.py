@@ -1,0 +1,1 @@
+"""Evaluation: codec metrics (PESQ, STOI, SIM), ASR-based WER, the text-alignment probe, RESULTS.md."""

@@ -1,0 +1,103 @@
+"""Pluggable ASR for WER on reference audio and reconstructions (16 kHz mono float input).
+
+- `pocketsphinx`: offline (the model ships with the PyPI wheel), the CI default; weak, LM-bound.
+- `whisper`: transformers WhisperForConditionalGeneration, default `openai/whisper-large-v3`,
+  English transcription, greedy; audio longer than 30 s is transcribed in consecutive 30 s windows.
+- `hubert`: transformers HubertForCTC + Wav2Vec2Processor, default `facebook/hubert-large-ls960-ft`
+  (the model codec papers use on LibriSpeech), greedy CTC.
+Any local directory saved with `save_pretrained` works as `--asr_model`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+DEFAULT_MODELS = {
+    "pocketsphinx": "pocketsphinx-builtin-en-us",
+    "whisper": "openai/whisper-large-v3",
+    "hubert": "facebook/hubert-large-ls960-ft",
+}
+
+
+class PocketsphinxASR:
+    name = "pocketsphinx"
+
+    def __init__(self, model: str | None = None, device: str = "cpu"):
+        from pocketsphinx import Decoder
+
+        from importlib.metadata import version
+
+        self.model_name = f"{DEFAULT_MODELS['pocketsphinx']} (pocketsphinx {version('pocketsphinx')})"
+        self.decoder = Decoder(logfn="/dev/null", samprate=SAMPLE_RATE)
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        pcm = (np.clip(np.asarray(wav, dtype=np.float64), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+        self.decoder.start_utt()
+        self.decoder.process_raw(pcm, full_utt=True)
+        self.decoder.end_utt()
+        hyp = self.decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+
+class WhisperASR:
+    name = "whisper"
+    window = 30 * SAMPLE_RATE
+
+    def __init__(self, model: str | None = None, device: str = "cpu", max_new_tokens: int = 440):
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        self.model_name = model or DEFAULT_MODELS["whisper"]
+        self.device = torch.device(device)
+        self.processor = WhisperProcessor.from_pretrained(self.model_name)
+        self.model = WhisperForConditionalGeneration.from_pretrained(self.model_name).to(self.device).eval()
+        self.max_new_tokens = max_new_tokens
+        gen = self.model.generation_config
+        # Multilingual checkpoints carry lang_to_id: force English transcription (no translation).
+        self.gen_kwargs = {"language": "en", "task": "transcribe"} if getattr(gen, "lang_to_id", None) else {}
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        import torch
+
+        wav = np.asarray(wav, dtype=np.float32)
+        pieces = []
+        for start in range(0, max(len(wav), 1), self.window):
+            chunk = wav[start:start + self.window]
+            feats = self.processor.feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            with torch.inference_mode():
+                ids = self.model.generate(feats.input_features.to(self.device),
+                                          max_new_tokens=self.max_new_tokens, **self.gen_kwargs)
+            pieces.append(self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
+        return " ".join(p for p in pieces if p)
+
+
+class HubertASR:
+    name = "hubert"
+
+    def __init__(self, model: str | None = None, device: str = "cpu"):
+        import torch
+        from transformers import HubertForCTC, Wav2Vec2Processor
+
+        self.model_name = model or DEFAULT_MODELS["hubert"]
+        self.device = torch.device(device)
+        self.processor = Wav2Vec2Processor.from_pretrained(self.model_name)
+        self.model = HubertForCTC.from_pretrained(self.model_name).to(self.device).eval()
+
+    def transcribe(self, wav: np.ndarray) -> str:
+        import torch
+
+        inputs = self.processor(np.asarray(wav, dtype=np.float32), sampling_rate=SAMPLE_RATE,
+                                return_tensors="pt")
+        with torch.inference_mode():
+            logits = self.model(inputs.input_values.to(self.device)).logits
+        ids = logits.argmax(dim=-1)
+        return self.processor.batch_decode(ids)[0].strip()
+
+
+BACKENDS = {"pocketsphinx": PocketsphinxASR, "whisper": WhisperASR, "hubert": HubertASR}
+
+
+def get_asr_backend(name: str, model: str | None = None, device: str = "cpu"):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown ASR backend {name!r}; choose from {sorted(BACKENDS)}")
+    return BACKENDS[name](model=model, device=device)

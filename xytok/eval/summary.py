@@ -1,0 +1,134 @@
+"""Turn per-utterance results into utt_scores.tsv, summary.json, wer.txt and ASR transcripts."""
+from __future__ import annotations
+
+import json
+import math
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from xytok.eval.metrics import SAMPLE_RATE, SIGNAL_METRICS
+from xytok.eval.stats import CI_METHOD, mean_ci
+from xytok.eval.wer import corpus_error_counts
+
+PROTOCOL = {
+    "sample_rate": SAMPLE_RATE,
+    "resampling": "only inputs not at 16 kHz: scipy.signal.resample_poly with the exact rate ratio",
+    "length_alignment": "both signals truncated to the shorter one before PESQ/STOI/SIM; samples cut recorded",
+    "pesq_wb": "pesq.pesq(16000, ref, deg, 'wb')  (ITU-T P.862.2 MOS-LQO)",
+    "pesq_nb": "pesq.pesq(16000, ref, deg, 'nb')  (P.862 narrow-band mode applied to the 16 kHz signals)",
+    "stoi": "pystoi.stoi(ref, deg, 16000, extended=False)",
+    "estoi": "pystoi.stoi(ref, deg, 16000, extended=True)",
+    "sim": "cosine similarity of speaker embeddings of ref and hyp",
+    "wer": "corpus WER = (S+D+I)/N over all scored utterances, jiwer alignment, after one normaliser",
+    "failures": "recorded per utterance and excluded from means (never counted as 0, 1 or -7)",
+    "ci": CI_METHOD,
+}
+VERSIONED = ("pesq", "pystoi", "resemblyzer", "jiwer", "torch", "transformers", "pocketsphinx", "numpy", "scipy")
+
+
+def library_versions() -> dict:
+    out = {}
+    for pkg in VERSIONED:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.6g}"
+
+
+def wer_blocks(results, texts: dict | None, normalizer) -> dict:
+    """Corpus WER comparisons. Only utterances whose needed transcripts exist are counted."""
+    ok = [r for r in results if "wer" not in r.failures and r.asr_ref is not None and r.asr_hyp is not None]
+    blocks = {"recon_vs_asr_ref": corpus_error_counts({r.utt_id: r.asr_ref for r in ok},
+                                                      {r.utt_id: r.asr_hyp for r in ok}, normalizer)}
+    if texts is not None:
+        have_text = [r for r in ok if r.utt_id in texts]
+        blocks["recon_vs_text"] = corpus_error_counts({r.utt_id: texts[r.utt_id] for r in have_text},
+                                                      {r.utt_id: r.asr_hyp for r in have_text}, normalizer)
+        # Ground truth: reference audio through the same ASR, over the same utterances.
+        blocks["ref_vs_text"] = corpus_error_counts({r.utt_id: texts[r.utt_id] for r in have_text},
+                                                    {r.utt_id: r.asr_ref for r in have_text}, normalizer)
+    return blocks
+
+
+def primary_wer_key(blocks: dict) -> str:
+    return "recon_vs_text" if "recon_vs_text" in blocks else "recon_vs_asr_ref"
+
+
+def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs: dict | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = list(metrics)
+    blocks = wer_blocks(results, texts, normalizer) if "wer" in metrics else {}
+    primary = primary_wer_key(blocks) if blocks else None
+
+    # Per-utterance table: empty cell = failed (reason in summary.json).
+    with open(out / "utt_scores.tsv", "w", encoding="utf-8") as f:
+        f.write("\t".join(["utt_id"] + metrics) + "\n")
+        for r in results:
+            row = [r.utt_id]
+            for m in metrics:
+                if m == "wer":
+                    errs, n = blocks[primary].per_utt.get(r.utt_id, (None, 0))
+                    row.append(_fmt(errs / n) if errs is not None and n else "")
+                else:
+                    row.append(_fmt(r.values.get(m)))
+            f.write("\t".join(row) + "\n")
+
+    summary = {"inputs": inputs or {}, "n_utts": len(results), "metrics": {}, "protocol": PROTOCOL,
+               "versions": library_versions()}
+    for m in metrics:
+        if m == "wer":
+            continue
+        stats = mean_ci(r.values[m] for r in results if m in r.values)
+        failed = {r.utt_id: r.failures[m] for r in results if m in r.failures}
+        summary["metrics"][m] = {**stats, "n_scored": stats.pop("n"), "n_failed": len(failed), "failures": failed}
+    if "sim" in metrics:
+        from xytok.eval.sim import DEFAULT_MODELS
+
+        summary["sim"] = {"backend": cfg.sim_backend, "model": cfg.sim_model or DEFAULT_MODELS[cfg.sim_backend]}
+    if "wer" in metrics:
+        from xytok.eval.asr import DEFAULT_MODELS as ASR_DEFAULTS
+
+        wer_failed = {r.utt_id: r.failures["wer"] for r in results if "wer" in r.failures}
+        summary["wer"] = {
+            "primary": primary,
+            "asr_backend": cfg.asr_backend,
+            "asr_model": cfg.asr_model or ASR_DEFAULTS[cfg.asr_backend],
+            "normalizer": normalizer.name,
+            "normalizer_description": normalizer.description,
+            "n_failed": len(wer_failed),
+            "failures": wer_failed,
+            **{k: {**c.to_dict(), "kaldi": c.kaldi_line()} for k, c in blocks.items()},
+        }
+        labels = {"recon_vs_text": "reconstruction: ASR(hyp) vs text",
+                  "ref_vs_text": "ground truth: ASR(ref) vs text",
+                  "recon_vs_asr_ref": "reconstruction: ASR(hyp) vs ASR(ref)"}
+        with open(out / "wer.txt", "w", encoding="utf-8") as f:
+            f.write(f"# ASR {summary['wer']['asr_backend']} ({summary['wer']['asr_model']}); "
+                    f"normaliser {normalizer.name}; {len(wer_failed)} utterances failed\n")
+            for k, c in blocks.items():
+                f.write(f"{c.kaldi_line()}  # {labels[k]}, {c.n_utts} utts\n")
+        for side in ("ref", "hyp"):
+            with open(out / f"asr_{side}.txt", "w", encoding="utf-8") as f:
+                for r in results:
+                    t = getattr(r, f"asr_{side}")
+                    if t is not None:
+                        f.write(f"{r.utt_id} {t}\n".replace(f"{r.utt_id} \n", f"{r.utt_id}\n"))
+    cut = [r.samples_cut for r in results if r.hyp_samples]
+    summary["length_alignment"] = {
+        "method": "truncate both to the shorter signal",
+        "n_utts_cut": sum(c > 0 for c in cut),
+        "total_samples_cut": int(sum(cut)),
+        "max_samples_cut": int(max(cut, default=0)),
+        "mean_samples_cut": float(sum(cut) / len(cut)) if cut else 0.0,
+    }
+    summary["failures_by_utt"] = {r.utt_id: r.failures for r in results if r.failures}
+    summary["n_utts_with_failure"] = len(summary["failures_by_utt"])
+    with open(out / "summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, sort_keys=False)
+    return summary
