@@ -1,0 +1,159 @@
+"""Decode XY-Tokenizer codes back to 16 kHz audio.
+
+    xytok decode --config C --checkpoint K IN OUT_DIR
+    python -m xytok.bin.decode --model_dir exp/x/export codes.scp OUT_DIR
+
+IN:      codes as written by ``xytok encode``: a ``.scp``/``.ark`` file or a directory of
+         ``<utt>.npy`` arrays (nq, T).
+OUT_DIR: receives ``<utt>.wav`` (16 kHz, 16-bit PCM, 1280*T samples) and ``wav.scp``
+         (``uttid OUT_DIR/uttid.wav``, LC_ALL=C sorted, successful utterances only).
+
+Utterances whose codes are unreadable, have the wrong number of quantizers, or hold indices
+outside the codebook are skipped with a per-utterance error; the rest are written and the
+failures are listed at the end with exit status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import List, Tuple
+
+from xytok.cli import (CLIError, add_model_args, load_model, logger, quantizer_shape,
+                       report_failures, run_main, setup_logging)
+
+SAMPLE_RATE = 16000
+SAMPLES_PER_CODE = 1280
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xytok decode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("input", metavar="IN", help="codes .scp/.ark file or directory of <utt>.npy")
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="output directory for <utt>.wav and wav.scp")
+    add_model_args(parser)
+    parser.add_argument("--subtype", default="PCM_16", help="soundfile subtype of the output wavs (PCM_16, FLOAT, ...)")
+    return parser
+
+
+def check_codes(codes, num_quantizers: int, codebook_size: int) -> str:
+    """Empty string if the (nq, T) codes can be decoded by this model, else the reason."""
+    if codes.ndim != 2:
+        return f"codes must be (nq, T), got shape {tuple(codes.shape)}"
+    nq, t = codes.shape
+    if nq != num_quantizers:
+        return f"wrong number of quantizers: codes have nq={nq}, the model has {num_quantizers}"
+    if t == 0:
+        return "no frames (T=0)"
+    lo, hi = int(codes.min()), int(codes.max())
+    if lo < 0 or hi >= codebook_size:
+        return f"code index out of range: values span [{lo}, {hi}], valid is [0, {codebook_size - 1}]"
+    return ""
+
+
+def _decode_group(codec, codes_list, device, overlap_seconds):
+    import torch
+
+    tensors = [torch.from_numpy(c).long().to(device) for c in codes_list]
+    with torch.inference_mode():
+        return codec.decode(tensors, overlap_seconds=overlap_seconds)
+
+
+def decode_batch(codec, batch, device, overlap_seconds, failures):
+    """Decode (utt, codes) pairs; on a failed batch call, retry one by one to isolate the bad one."""
+    try:
+        wavs = _decode_group(codec, [c for _, c in batch], device, overlap_seconds)
+        return list(zip([u for u, _ in batch], wavs))
+    except Exception as e:
+        if len(batch) == 1:
+            failures.append((batch[0][0], f"decoding failed: {type(e).__name__}: {e}"))
+            return []
+        logger.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
+    out = []
+    for item in batch:
+        out += decode_batch(codec, [item], device, overlap_seconds, failures)
+    return out
+
+
+def write_wav_scp(path: str, entries) -> None:
+    """``utt path`` lines, LC_ALL=C sorted, written atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for utt in sorted(entries, key=lambda s: s.encode("utf-8")):
+            f.write(f"{utt} {entries[utt]}\n")
+    os.replace(tmp, path)
+
+
+def _run(args) -> int:
+    from tqdm import tqdm
+
+    from xytok.audio import write_wav
+    from xytok.io_codes import CodesError, CodesReader
+
+    if not os.path.exists(args.input):
+        raise CLIError(f"input not found: {args.input}")
+    try:
+        reader = CodesReader(args.input)
+    except CodesError as e:
+        raise CLIError(str(e))
+    if len(reader) == 0:
+        raise CLIError(f"{args.input}: no utterances found")
+    codec, config, device = load_model(args)
+    num_quantizers, codebook_size = quantizer_shape(config)
+    os.makedirs(args.output_dir, exist_ok=True)
+    logger.info("decoding %d utterance(s) from %s into %s", len(reader), args.input, args.output_dir)
+
+    failures: List[Tuple[str, str]] = []
+    written = {}
+    total_samples = 0
+    start = time.time()
+    keys = reader.keys()
+    with tqdm(total=len(keys), unit="utt", desc="decode", disable=args.no_progress, file=sys.stderr) as bar:
+        for i in range(0, len(keys), args.batch_size):
+            batch = []
+            for utt in keys[i:i + args.batch_size]:
+                try:
+                    codes = reader[utt]
+                except CodesError as e:
+                    failures.append((utt, str(e)))
+                    continue
+                reason = check_codes(codes, num_quantizers, codebook_size)
+                if reason:
+                    failures.append((utt, f"{args.input}: {reason}"))
+                    continue
+                if "/" in utt:
+                    failures.append((utt, "utterance id contains '/', cannot be a file name"))
+                    continue
+                batch.append((utt, codes))
+            expected = {u: c.shape[1] * SAMPLES_PER_CODE for u, c in batch}
+            for utt, wav in decode_batch(codec, batch, device, args.overlap_seconds, failures):
+                wav = wav.detach().float().cpu().reshape(-1).numpy()
+                if wav.shape[0] != expected[utt]:
+                    failures.append((utt, f"codec returned {wav.shape[0]} samples, expected {expected[utt]}"))
+                    continue
+                path = os.path.join(args.output_dir, utt + ".wav")
+                try:
+                    write_wav(path, wav, SAMPLE_RATE, subtype=args.subtype)
+                except Exception as e:
+                    failures.append((utt, f"{path}: cannot write: {e}"))
+                    continue
+                written[utt] = path
+                total_samples += wav.shape[0]
+            bar.update(len(keys[i:i + args.batch_size]))
+    write_wav_scp(os.path.join(args.output_dir, "wav.scp"), written)
+    elapsed = time.time() - start
+    audio_s = total_samples / SAMPLE_RATE
+    logger.info("wrote %d/%d wav(s) (%.1f s of audio) and wav.scp to %s in %.1f s (RTF %.3f)",
+                len(written), len(keys), audio_s, args.output_dir, elapsed, elapsed / max(audio_s, 1e-9))
+    return report_failures(failures, "utterance(s)")
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    return run_main(_run, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
