@@ -1,0 +1,95 @@
+"""Train an XY-Tokenizer stage (recipe stages 5 and 6).
+
+  python -m xytok.bin.train --config conf/train_stage1.yaml --output_dir exp/stage1 \
+      --train_data dump/raw/train --valid_data dump/raw/dev [--init_param CKPT] [--a.b value ...]
+
+Any `--a.b value` pair not listed below overrides config key a.b (value parsed as YAML).
+Re-running the same command in the same output_dir resumes from its checkpoint.pth.
+Multi-process: launch with torchrun (`torchrun --nproc_per_node N -m xytok.bin.train ...`), or
+pass `--ngpu N` (N > 1) and this script re-launches itself under torchrun.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Unknown --key value pairs override config keys (e.g. --max_steps 100 --optim.lr 1e-4).",
+    )
+    p.add_argument("--config", help="training YAML (e.g. conf/train_stage1.yaml)")
+    p.add_argument("--output_dir", help="exp dir: config.yaml, train.log, metrics.jsonl, checkpoints, export/")
+    p.add_argument("--train_data", help="training data dir (wav.scp + text [+ feats.scp, utt2num_samples])")
+    p.add_argument("--valid_data", help="validation data dir")
+    p.add_argument("--init_param", help="start a NEW run from these weights (released model.ckpt or a "
+                                        "training checkpoint); unrelated to resuming")
+    p.add_argument("--ngpu", type=int, default=0, help="GPUs per node (0 = CPU) [default: %(default)s]")
+    p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = get_parser()
+    args, rest = parser.parse_known_args(argv)
+    from xytok.train.task import resolve_task_class
+    from xytok.train.trainer import load_config, parse_overrides
+
+    try:
+        overrides = parse_overrides(rest)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.train_data:
+        overrides["data.train"] = args.train_data
+    if args.valid_data:
+        overrides["data.valid"] = args.valid_data
+    base = load_config(args.config, overrides)
+    task_cls = resolve_task_class(base["task"])
+    config = load_config(args.config, overrides, task_defaults=task_cls.default_config)
+    if args.print_config:
+        yaml.safe_dump(config, sys.stdout, sort_keys=False)
+        return 0
+    if not args.output_dir:
+        parser.error("--output_dir is required")
+
+    if args.ngpu > 1 and "WORLD_SIZE" not in os.environ:
+        # Re-launch this exact command under torchrun, one process per GPU.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ngpu}",
+               "-m", "xytok.bin.train"] + list(sys.argv[1:] if argv is None else argv)
+        return subprocess.call(cmd)
+
+    from xytok.train.distributed import cleanup_distributed, init_distributed
+    from xytok.train.reporter import setup_logging
+    from xytok.train.trainer import Trainer
+
+    exp_dir = Path(args.output_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    dist_info = init_distributed(args.ngpu)
+    setup_logging(exp_dir, dist_info.rank)
+    log = logging.getLogger("xytok.train")
+    log.info("command: %s", " ".join([sys.executable, "-m", "xytok.bin.train"] + list(sys.argv[1:])))
+    if dist_info.is_main:
+        with open(exp_dir / "config.yaml", "w") as f:
+            yaml.safe_dump(config, f, sort_keys=False)
+    log.info("world_size %d, device %s", dist_info.world_size, dist_info.device)
+    if dist_info.device.type == "cpu":
+        import torch
+
+        log.info("CPU threads: %d", torch.get_num_threads())
+    task = task_cls(config, exp_dir)
+    trainer = Trainer(config, exp_dir, task, dist_info, init_param=args.init_param)
+    trainer.run()
+    cleanup_distributed()
+    log.info("finished")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
