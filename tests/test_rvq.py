@@ -309,3 +309,14 @@ def test_per_layer_projections_when_codebook_dim_differs():
         decoded = rvq.decode_codes(codes_eval)
     assert zq.shape == (2, 8, 10) and codes.shape == (2, 2, 10)
     torch.testing.assert_close(decoded[0], zq_eval[0], atol=1e-5, rtol=0)
+
+
+def test_autocast_keeps_code_search_in_float32():
+    rvq = _tiny_rvq(input_dim=3, rvq_dim=3, output_dim=3, codebook_size=16).eval()  # no projections
+    x = torch.randn(2, 3, 20)
+    lengths = torch.tensor([20, 11])
+    with torch.no_grad():
+        _, codes_fp32, _, _ = rvq(x, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            zq, codes_amp, _, _ = rvq(x, lengths)
+    assert torch.equal(codes_fp32, codes_amp)

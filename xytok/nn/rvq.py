@@ -289,11 +289,18 @@ class ResidualVQ(nn.Module):
         if lengths is None:
             lengths = torch.full((batch,), frames, dtype=torch.long, device=z.device)
         time_mask = torch.arange(frames, device=z.device).unsqueeze(0) < lengths.to(z.device).unsqueeze(1)
-        update = self.updating
         n_q = self._layers_per_item(batch, z.device)
 
+        # Distances and EMA must stay float32 under mixed precision (as the official code does).
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            quantized, codes, layer_losses, stats = self._quantize(z.float(), time_mask, n_q)
+        zq = self.output_proj(quantized)
+        return zq, codes, layer_losses.sum(), stats
+
+    def _quantize(self, z: torch.Tensor, time_mask: torch.Tensor, n_q: torch.Tensor):
+        update = self.updating
         quantized = torch.zeros_like(z, dtype=torch.float32)
-        residual = z.clone().float()
+        residual = z.clone()
         codes, layer_losses, usage, perplexity, dead = [], [], [], [], []
         for i, quantizer in enumerate(self.quantizers):
             active = time_mask & (i < n_q).unsqueeze(1)  # (B, T): frames this layer really codes
@@ -312,7 +319,6 @@ class ResidualVQ(nn.Module):
             prob = hist / hist.sum().clamp(min=1)
             perplexity.append(torch.exp(-(prob * torch.log(prob.clamp(min=1e-10))).sum()))
             dead.append((quantizer.cluster_size < self.threshold_ema_dead_code).sum())
-        zq = self.output_proj(quantized)
         layer_losses = torch.stack(layer_losses) * self.commitment
         stats = {
             "commit_loss_per_layer": layer_losses.detach(),
@@ -321,7 +327,7 @@ class ResidualVQ(nn.Module):
             "dead_codes": torch.stack(dead),
             "n_quantizers": n_q,
         }
-        return zq, torch.stack(codes), layer_losses.sum(), stats
+        return quantized, torch.stack(codes), layer_losses, stats
 
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """(nq', B, T) codes, nq' <= num_quantizers -> (B, output_dim, T); no masking (as official)."""
