@@ -1,0 +1,142 @@
+"""ASR supervision: [audio prefix][<start>] t_1 .. t_n -> predict t_1 .. t_n <eos> (teacher forcing).
+
+Cross-entropy only on text positions; the audio prefix (adapter output of the quantised features)
+carries no labels. A learned <start> embedding separates audio from text so that no tokenizer needs
+a BOS token (the stage-4 sentencepiece model has none; Qwen has none by default).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from xytok.asr.adapter import AudioToLMAdapter
+from xytok.asr.lm import HFCausalLM, SmallDecoderLM
+from xytok.asr.tokenizers import HFTokenizer, SentencePieceTokenizer
+
+log = logging.getLogger("xytok.asr")
+
+
+class ASRBranch(nn.Module):
+    def __init__(self, adapter: AudioToLMAdapter, lm: nn.Module, tokenizer, max_text_tokens: int = 256):
+        super().__init__()
+        self.adapter = adapter
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.max_text_tokens = max_text_tokens
+        self.start_embed = nn.Parameter(torch.randn(lm.hidden_size) * 0.02)
+        # A frozen hub LM is not part of our checkpoints (it is reloaded from its name/path):
+        # drop its keys on save and accept their absence on load.
+        self._frozen_lm = isinstance(lm, HFCausalLM) and not any(p.requires_grad for p in lm.parameters())
+        if self._frozen_lm:
+            self._register_state_dict_hook(_drop_frozen_lm_keys)
+            self.register_load_state_dict_post_hook(_ignore_missing_frozen_lm_keys)
+
+    def encode_text(self, texts: List[str]) -> List[List[int]]:
+        out = []
+        for t in texts:
+            ids = self.tokenizer.encode(t)
+            if len(ids) > self.max_text_tokens:
+                ids = ids[: self.max_text_tokens]
+            out.append(ids)
+        return out
+
+    def _sequences(self, prefix: torch.Tensor, prefix_lengths: torch.Tensor, tokens: List[List[int]]):
+        """Right-padded inputs_embeds (B, L, D), attention mask (B, L), labels (B, L) with -100."""
+        device = prefix.device
+        rows, labels = [], []
+        for i, ids in enumerate(tokens):
+            a = int(prefix_lengths[i])
+            ids_t = torch.tensor(ids, dtype=torch.long, device=device)
+            parts = [prefix[i, :a], self.start_embed.to(prefix.dtype).unsqueeze(0)]
+            if ids:
+                parts.append(self.lm.embed(ids_t).to(prefix.dtype))
+            rows.append(torch.cat(parts, 0))
+            lab = torch.full((a + 1 + len(ids),), -100, dtype=torch.long, device=device)
+            lab[a: a + len(ids)] = ids_t
+            lab[a + len(ids)] = self.tokenizer.eos_id
+            labels.append(lab)
+        lengths = torch.tensor([r.shape[0] for r in rows], device=device)
+        embeds = nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        labels = nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
+        mask = torch.arange(embeds.shape[1], device=device).unsqueeze(0) < lengths.unsqueeze(1)
+        return embeds, mask, labels
+
+    def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, texts: List[str]) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """feats (B, C, T) quantised features -> (CE loss over text tokens + eos, stats)."""
+        prefix, prefix_lengths = self.adapter(feats, feat_lengths)
+        embeds, mask, labels = self._sequences(prefix, prefix_lengths, self.encode_text(texts))
+        logits = self.lm(embeds, mask)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        with torch.no_grad():
+            valid = labels != -100
+            acc = (logits.argmax(-1)[valid] == labels[valid]).float().mean()
+        return loss, {"asr_acc": acc}
+
+    @torch.no_grad()
+    def greedy_decode(self, feats: torch.Tensor, feat_lengths: torch.Tensor, max_new_tokens: Optional[int] = None) -> List[str]:
+        """Greedy transcripts, one utterance at a time (no KV cache: fine for a few valid utterances)."""
+        max_new_tokens = max_new_tokens or self.max_text_tokens
+        prefix, prefix_lengths = self.adapter(feats, feat_lengths)
+        out = []
+        for i in range(prefix.shape[0]):
+            a = int(prefix_lengths[i])
+            seq = torch.cat([prefix[i, :a], self.start_embed.to(prefix.dtype).unsqueeze(0)], 0).unsqueeze(0)
+            ids: List[int] = []
+            for _ in range(max_new_tokens):
+                mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
+                nxt = int(self.lm(seq, mask)[0, -1].argmax())
+                if nxt == self.tokenizer.eos_id:
+                    break
+                ids.append(nxt)
+                tok = self.lm.embed(torch.tensor([nxt], device=seq.device)).to(seq.dtype)
+                seq = torch.cat([seq, tok.unsqueeze(0)], 1)
+            out.append(self.tokenizer.decode(ids))
+        return out
+
+
+def _drop_frozen_lm_keys(module, state_dict, prefix, local_metadata):
+    for k in [k for k in state_dict if k.startswith(prefix + "lm.")]:
+        del state_dict[k]
+    return state_dict
+
+
+def _ignore_missing_frozen_lm_keys(module, incompatible_keys):
+    missing = incompatible_keys.missing_keys
+    for k in [k for k in missing if ".lm.model." in "." + k or k.startswith("lm.model.")]:
+        missing.remove(k)
+
+
+def build_asr_branch(conf: Dict[str, Any], in_dim: int) -> ASRBranch:
+    lm_conf = dict(conf.get("lm", {}))
+    kind = lm_conf.pop("type", "decoder")
+    lowercase = bool(conf.get("lowercase", False))
+    if kind == "hf":
+        name = lm_conf.get("name_or_path")
+        if not name:
+            raise ValueError("asr.lm.type=hf needs asr.lm.name_or_path (e.g. Qwen/Qwen2.5-0.5B or a local dir)")
+        tokenizer = HFTokenizer(conf.get("tokenizer", {}).get("name_or_path") or name, lowercase=lowercase)
+        lm = HFCausalLM(name, freeze=bool(lm_conf.get("freeze", True)), dtype=lm_conf.get("dtype", "float32"))
+    elif kind == "decoder":
+        tok_conf = conf.get("tokenizer", {})
+        model_path = tok_conf.get("model")
+        if not model_path:
+            raise ValueError("asr.lm.type=decoder needs asr.tokenizer.model (the stage-4 bpe.model)")
+        tokenizer = SentencePieceTokenizer(model_path, lowercase=lowercase)
+        lm = SmallDecoderLM(
+            tokenizer.vocab_size, d_model=int(lm_conf.get("d_model", 256)), num_layers=int(lm_conf.get("num_layers", 4)),
+            num_heads=int(lm_conf.get("num_heads", 4)), ffn_dim=int(lm_conf.get("ffn_dim", 1024)),
+            max_positions=int(lm_conf.get("max_positions", 1024)), dropout=float(lm_conf.get("dropout", 0.1)),
+        )
+    else:
+        raise ValueError(f"unknown asr.lm.type {kind!r} (decoder | hf)")
+    ad = conf.get("adapter", {})
+    adapter = AudioToLMAdapter(
+        in_dim, lm.hidden_size, d_model=int(ad.get("d_model", 256)), num_layers=int(ad.get("num_layers", 2)),
+        num_heads=int(ad.get("num_heads", 4)), ffn_dim=int(ad.get("ffn_dim", 1024)), stride=int(ad.get("stride", 1)),
+        dropout=float(ad.get("dropout", 0.0)),
+    )
+    return ASRBranch(adapter, lm, tokenizer, max_text_tokens=int(conf.get("max_text_tokens", 256)))

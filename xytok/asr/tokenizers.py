@@ -1,0 +1,48 @@
+"""Text tokenizers behind one interface: encode(str) -> list[int], decode(ids) -> str, eos_id, vocab_size."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+
+class SentencePieceTokenizer:
+    """The recipe-stage-4 model (pad=0, unk=1, no bos/eos); EOS is appended as id = piece count."""
+
+    def __init__(self, model_path: str, lowercase: bool = False):
+        import sentencepiece as spm
+
+        if not Path(model_path).exists():
+            raise FileNotFoundError(f"sentencepiece model not found: {model_path} (run recipe stage 4)")
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        self.lowercase = lowercase
+        self.eos_id = self.sp.get_piece_size()
+        self.vocab_size = self.eos_id + 1
+
+    def encode(self, text: str) -> List[int]:
+        return list(self.sp.encode(text.lower() if self.lowercase else text))
+
+    def decode(self, ids: List[int]) -> str:
+        return self.sp.decode([i for i in ids if 0 <= i < self.eos_id])
+
+
+class HFTokenizer:
+    """transformers AutoTokenizer (e.g. Qwen2.5's); no special tokens added to the transcript."""
+
+    def __init__(self, name_or_path: str, lowercase: bool = False):
+        from transformers import AutoTokenizer
+
+        self.tok = AutoTokenizer.from_pretrained(name_or_path)
+        self.lowercase = lowercase
+        eos = self.tok.eos_token_id
+        if eos is None:
+            eos = self.tok.pad_token_id
+        if eos is None:
+            raise ValueError(f"tokenizer {name_or_path} has neither an eos nor a pad token to end transcripts")
+        self.eos_id = int(eos)
+        self.vocab_size = len(self.tok)
+
+    def encode(self, text: str) -> List[int]:
+        return list(self.tok.encode(text.lower() if self.lowercase else text, add_special_tokens=False))
+
+    def decode(self, ids: List[int]) -> str:
+        return self.tok.decode([i for i in ids if i != self.eos_id], skip_special_tokens=True)
