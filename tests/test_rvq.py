@@ -312,11 +312,12 @@ def test_per_layer_projections_when_codebook_dim_differs():
 
 
 def test_autocast_keeps_code_search_in_float32():
-    rvq = _tiny_rvq(input_dim=3, rvq_dim=3, output_dim=3, codebook_size=16).eval()  # no projections
-    x = torch.randn(2, 3, 20)
-    lengths = torch.tensor([20, 11])
+    # No projections, a crowded codebook: a bfloat16 distance matmul would flip many codes.
+    rvq = _tiny_rvq(input_dim=3, rvq_dim=3, output_dim=3, codebook_size=256).eval()
+    x = torch.randn(2, 3, 200)
+    lengths = torch.tensor([200, 150])
     with torch.no_grad():
         _, codes_fp32, _, _ = rvq(x, lengths)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            zq, codes_amp, _, _ = rvq(x, lengths)
+            _, codes_amp, _, _ = rvq(x, lengths)
     assert torch.equal(codes_fp32, codes_amp)
