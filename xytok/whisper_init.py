@@ -135,8 +135,8 @@ def map_whisper_state(hf_state: Dict[str, torch.Tensor], encoder: torch.nn.Modul
     if act is not None and act != "gelu":
         problems.append(f"activation: Whisper uses {act!r}, our encoders use exact 'gelu'")
     if problems:
-        shown = "\n  ".join(problems[:12])
-        more = f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else ""
+        shown = "\n  ".join(problems[:8])
+        more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
         raise WhisperInitError(
             f"Whisper checkpoint {source!r} ({_describe(hf_state)}, heads={hf_heads}) does not fit "
             f"{tower} ({_describe(ours)}, heads={heads}); pick the Whisper size that matches the "
