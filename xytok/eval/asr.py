@@ -51,7 +51,8 @@ class WhisperASR:
         self.device = torch.device(device)
         self.processor = WhisperProcessor.from_pretrained(self.model_name)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.model_name).to(self.device).eval()
-        self.max_new_tokens = max_new_tokens
+        # Whisper's decoder holds max_target_positions tokens including the ~4 prompt tokens.
+        self.max_new_tokens = min(max_new_tokens, self.model.config.max_target_positions - 8)
         gen = self.model.generation_config
         # Multilingual checkpoints carry lang_to_id: force English transcription (no translation).
         self.gen_kwargs = {"language": "en", "task": "transcribe"} if getattr(gen, "lang_to_id", None) else {}
