@@ -321,3 +321,16 @@ def test_autocast_keeps_code_search_in_float32():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             _, codes_amp, _, _ = rvq(x, lengths)
     assert torch.equal(codes_fp32, codes_amp)
+
+
+@pytest.mark.skipif(not (GOLDEN / "full" / "manifest.json").exists(), reason="golden full/manifest.json not present")
+def test_released_config_matches_manifest():
+    import json
+    cfg = yaml.safe_load((GOLDEN / "full" / "config.yaml").read_text())["generator_params"]["quantizer_kwargs"]
+    manifest = json.loads((GOLDEN / "full" / "manifest.json").read_text())
+    released = {name[len("quantizer."):]: list(shape) for name, shape, _, _ in manifest["state_dict"]
+                if name.startswith("quantizer.")}
+    rvq = ResidualVQ(**cfg)
+    assert {k: list(v.shape) for k, v in rvq.state_dict().items()} == released
+    assert sum(p.numel() for p in rvq.parameters()) == manifest["num_parameters_per_top_level_module"]["quantizer"]
+    assert sum(b.numel() for b in rvq.buffers()) == manifest["num_buffer_elements_per_top_level_module"]["quantizer"]
