@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Usage: utils/validate_data_dir.sh [--no-feats] [--no-text] [--check-audio] [--fs 16000] <data>
+# Checks: LC_ALL=C-sorted unique ids, utt2spk/spk2utt consistent, every per-utterance file covers
+# the same utterances, no empty transcripts, referenced files exist; with --check-audio every audio
+# (and feature) entry is read: non-empty, sample rate == --fs, length == utt2num_samples.
+# Exits 1 listing every problem with the file and the utterance ids.
+# Thin wrapper over xytok/data/datadir.py (stdlib only; --check-audio needs soundfile).
+root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+exec "${XYTOK_PYTHON:-python3}" -m xytok.data.datadir validate "$@"
