@@ -1,0 +1,352 @@
+"""The XY-Tokenizer generator: 16 kHz speech <-> 8 x 1024 RVQ codes at 12.5 Hz.
+
+wav -> log-mel (100 Hz) -> semantic encoder + adapter | acoustic encoder (50 Hz) -> concat ->
+pre-RVQ adapter -> ResidualDownConv x4 (12.5 Hz) -> ResidualVQ -> post-RVQ adapter -> UpConv x4
+(50 Hz) -> acoustic decoder (100 Hz) -> Vocos ISTFT -> 16 kHz.
+
+Two levels of API:
+
+* ``encode`` / ``decode``: lists of variable-length items, chunked exactly like the released
+  ``encode``/``decode`` (30-s windows, ``overlap_seconds`` of look-ahead, hard concatenation).
+  ``mode="fast"`` (default) computes only the frames each chunk needs and batches chunks of
+  similar length; ``mode="padded"`` is the official computation (every encode chunk padded to
+  30 s, decode batches padded to their longest item) kept as a reference.
+* ``tokenize`` / ``detokenize_from_zq`` / ``decode_codes`` / ``detokenize``: differentiable
+  building blocks on one padded batch of <= 30 s (used by training and by the golden tests).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+
+from xytok.checkpoint import load_generator_checkpoint
+from xytok.frontend import HOP_LENGTH, N_FFT, N_MELS, N_SAMPLES_30S, log_mel
+from xytok.nn.decoder import AudioDecoder
+from xytok.nn.encoder import AudioEncoder
+from xytok.nn.rvq import ResidualVQ
+from xytok.nn.sampling import ResidualDownConv, UpConv
+from xytok.nn.transformer import Transformer
+from xytok.nn.vocos import Vocos
+
+logger = logging.getLogger(__name__)
+
+MODES = ("fast", "padded")
+
+
+def _check_frontend_config(fe: dict) -> None:
+    expected = {"feature_size": N_MELS, "hop_length": HOP_LENGTH, "n_fft": N_FFT,
+                "n_samples": N_SAMPLES_30S, "sampling_rate": 16000}
+    wrong = {k: (fe[k], v) for k, v in expected.items() if k in fe and fe[k] != v}
+    if wrong:
+        raise ValueError("feature_extractor_kwargs differ from the supported Whisper front end: "
+                         + ", ".join(f"{k}={got} (supported: {want})" for k, (got, want) in wrong.items()))
+
+
+class XYTokenizer(nn.Module):
+    """The generator, built from the released ``generator_params`` (module names = released keys)."""
+
+    def __init__(self, generator_params: dict):
+        super().__init__()
+        p = generator_params
+        _check_frontend_config(p.get("feature_extractor_kwargs", {}))
+        self.sample_rate = int(p.get("sample_rate", 16000))
+        if self.sample_rate != 16000:
+            raise ValueError(f"only 16 kHz models are supported, config says {self.sample_rate}")
+        self.generator_params = p
+        # Registration order = released state-dict order.
+        self.semantic_encoder = AudioEncoder(**p["semantic_encoder_kwargs"])
+        self.semantic_encoder_adapter = Transformer(**p["semantic_encoder_adapter_kwargs"])
+        self.acoustic_encoder = AudioEncoder(**p["acoustic_encoder_kwargs"])
+        self.pre_rvq_adapter = Transformer(**p["pre_rvq_adapter_kwargs"])
+        self.downsample = ResidualDownConv(**p["downsample_kwargs"])
+        self.quantizer = ResidualVQ(**p["quantizer_kwargs"])
+        self.post_rvq_adapter = Transformer(**p["post_rvq_adapter_kwargs"])
+        self.upsample = UpConv(**p["upsample_kwargs"])
+        self.acoustic_decoder = AudioDecoder(**p["acoustic_decoder_kwargs"])
+        self.vocos = Vocos(**p["vocos_kwargs"])
+        # 1280 samples per code frame: mel hop x encoder stride x downsample factor.
+        self.code_hop = HOP_LENGTH * self.acoustic_encoder.stride_size * self.downsample.factor
+        self.window_samples = N_SAMPLES_30S
+        self.window_codes = self.window_samples // self.code_hop  # 375
+
+    @property
+    def num_quantizers(self) -> int:
+        return self.quantizer.num_quantizers
+
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ differentiable blocks
+    def wav_to_mel(self, wav: torch.Tensor, lengths: torch.Tensor, pad_to_30s: bool = False):
+        """(B, N) zero-padded wav (N <= 30 s) -> (mel (B, 80, T), mel_lengths). See frontend.log_mel."""
+        mel, mel_lengths = log_mel(wav, lengths, pad_to_30s=pad_to_30s)
+        return mel, mel_lengths.to(mel.device)
+
+    def tokenize(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> dict:
+        """Encoders -> pre-RVQ adapter -> downsample -> quantizer, on one padded batch (<= 30 s).
+
+        Args: mel (B, 80, T100) as from ``wav_to_mel`` (official values on frames < mel_length+1),
+        mel_lengths (B,).
+        Returns a dict:
+            semantic_encoder_output (B, D, T50), semantic (B, D, T50) = semantic adapter output,
+            acoustic (B, D, T50) = acoustic encoder output, encoder_lengths (B,),
+            pre_rvq (B, D, T50), downsample_output (B, 4D, T), zq (B, 4D, T) quantizer output,
+            codes (nq, B, T) long, codes_lengths (B,), commit_loss (scalar), quantizer_stats.
+        T = ceil(T50 / 4). In ``.train()`` the quantizer learns (EMA / k-means / dropout);
+        in ``.eval()`` this is the official inference.
+        """
+        mel_lengths = mel_lengths.to(mel.device)
+        sem, enc_lengths = self.semantic_encoder(mel, mel_lengths)
+        sem_adapted, _ = self.semantic_encoder_adapter(sem, enc_lengths)
+        acoustic, _ = self.acoustic_encoder(mel, mel_lengths)
+        pre, _ = self.pre_rvq_adapter(torch.cat([sem_adapted, acoustic], dim=1), enc_lengths)
+        down, codes_lengths = self.downsample(pre, enc_lengths)
+        zq, codes, commit_loss, stats = self.quantizer(down, codes_lengths)
+        return {
+            "semantic_encoder_output": sem, "semantic": sem_adapted, "acoustic": acoustic,
+            "encoder_lengths": enc_lengths, "pre_rvq": pre, "downsample_output": down,
+            "zq": zq, "codes": codes, "codes_lengths": codes_lengths,
+            "commit_loss": commit_loss, "quantizer_stats": stats,
+        }
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (nq, B, T) -> zq (B, 4D, T): sum of codewords, then output_proj (no mask)."""
+        return self.quantizer.decode_codes(codes)
+
+    def detokenize_from_zq(self, zq: torch.Tensor, codes_lengths: torch.Tensor) -> dict:
+        """Post-RVQ adapter -> upsample -> acoustic decoder -> Vocos, on one padded batch.
+
+        Returns a dict: post_rvq (B, 4D, T), upsampled (B, D, 4T), mel_out (B, 80, 8T) decoder
+        features, mel_out_lengths (B,), wav (B, 1280 T), wav_lengths (B,) = 1280 codes_lengths.
+        Samples near the end of a shorter item are affected by its padding (Vocos has no mask):
+        decode items at their own length for the official single-item result.
+        """
+        codes_lengths = codes_lengths.to(zq.device)
+        post, _ = self.post_rvq_adapter(zq, codes_lengths)
+        up, up_lengths = self.upsample(post, codes_lengths)
+        feats, feat_lengths = self.acoustic_decoder(up, up_lengths)
+        wav, wav_lengths = self.vocos(feats, feat_lengths)
+        return {"post_rvq": post, "upsampled": up, "mel_out": feats, "mel_out_lengths": feat_lengths,
+                "wav": wav[:, 0], "wav_lengths": wav_lengths}
+
+    def detokenize(self, codes: torch.Tensor, codes_lengths: torch.Tensor) -> dict:
+        """Official ``inference_detokenize``: codes (nq, B, T) -> detokenize_from_zq(decode_codes)."""
+        return self.detokenize_from_zq(self.decode_codes(codes), codes_lengths)
+
+    # ------------------------------------------------------------------ input checks
+    def _check_wavs(self, wavs) -> list:
+        if torch.is_tensor(wavs) or isinstance(wavs, np.ndarray):
+            raise TypeError("encode() takes a list of 1-D waveforms, not a single tensor/array")
+        out = []
+        for i, w in enumerate(wavs):
+            w = torch.as_tensor(w)
+            if w.dim() != 1:
+                raise ValueError(f"item {i}: expected a 1-D waveform, got shape {tuple(w.shape)}")
+            if not (w.is_floating_point()):
+                raise ValueError(f"item {i}: expected float samples in [-1, 1], got dtype {w.dtype}")
+            if w.numel() < self.code_hop:
+                raise ValueError(f"item {i}: {w.numel()} samples is shorter than one code frame "
+                                 f"({self.code_hop} samples = 80 ms at 16 kHz); it would give 0 codes")
+            if not torch.isfinite(w).all():
+                raise ValueError(f"item {i}: waveform contains NaN or Inf samples")
+            out.append(w.to(torch.float32))
+        return out
+
+    def _check_codes(self, codes_list) -> list:
+        if torch.is_tensor(codes_list) or isinstance(codes_list, np.ndarray):
+            raise TypeError("decode() takes a list of (nq, T) code tensors, not a single tensor/array")
+        out = []
+        for i, c in enumerate(codes_list):
+            c = torch.as_tensor(c)
+            if c.dim() != 2:
+                raise ValueError(f"item {i}: codes must be (nq, T), got shape {tuple(c.shape)}")
+            if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
+                raise ValueError(f"item {i}: codes must be integers, got dtype {c.dtype}")
+            if c.shape[0] != self.num_quantizers:
+                raise ValueError(f"item {i}: codes have {c.shape[0]} quantizer rows, the model has "
+                                 f"{self.num_quantizers} (expected shape (nq, T), got {tuple(c.shape)})")
+            if c.shape[1] == 0:
+                raise ValueError(f"item {i}: 0 code frames")
+            lo, hi = int(c.min()), int(c.max())
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(f"item {i}: code values must be in [0, {self.codebook_size}), "
+                                 f"got range [{lo}, {hi}]")
+            out.append(c.long())
+        return out
+
+    def _chunking(self, overlap_seconds: float):
+        if not 0 <= overlap_seconds < self.window_samples / self.sample_rate:
+            raise ValueError(f"overlap_seconds must be in [0, 30), got {overlap_seconds}")
+        stride = round((self.window_samples / self.sample_rate - overlap_seconds) * self.sample_rate)
+        if stride % self.code_hop:
+            raise ValueError(f"30 - overlap_seconds must be a multiple of 80 ms, got overlap {overlap_seconds}")
+        return stride, stride // self.code_hop
+
+    # ------------------------------------------------------------------ list API
+    @torch.no_grad()
+    def encode(self, wavs, overlap_seconds: float = 10, batch_size: int = 8, mode: str = "fast",
+               progress=None) -> list:
+        """list of 1-D float waveforms (16 kHz) -> list of LongTensor (nq, floor(N_i / 1280)).
+
+        Chunking as the released ``encode``: chunk k of an item covers samples
+        [k*stride, k*stride + 30 s) with stride = 30 s - overlap; each chunk is tokenized on its
+        own and its first stride/1280 codes are kept (the rest is look-ahead context only).
+        mode="fast" trims each chunk to the frames it needs (plus the boundary frames the
+        encoder convolutions see, with their official padded values) and batches chunks of
+        similar length; codes equal the official ones. mode="padded" pads every chunk to 30 s
+        like the official code. Memory is bounded by ``batch_size`` chunks of <= 30 s.
+
+        Raises ValueError naming the item for: non 1-D input, NaN/Inf, < 1280 samples.
+        ``progress``: optional callable(n_done_chunks, n_total_chunks).
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        wavs = self._check_wavs(wavs)
+        stride, keep = self._chunking(overlap_seconds)
+        device = self.device
+        n_codes = [w.numel() // self.code_hop for w in wavs]
+        results = [torch.zeros(self.num_quantizers, t, dtype=torch.long) for t in n_codes]
+        # Work units: (item, first kept code, samples). Chunks whose codes are all cut are skipped.
+        units = []
+        for i, w in enumerate(wavs):
+            k = 0
+            while k * keep < n_codes[i]:
+                start = k * stride
+                units.append((i, k * keep, w[start: start + self.window_samples]))
+                k += 1
+        units.sort(key=lambda u: -u[2].numel())
+        for b0 in range(0, len(units), batch_size):
+            batch = units[b0: b0 + batch_size]
+            lengths = torch.tensor([u[2].numel() for u in batch])
+            wav = torch.zeros(len(batch), int(lengths.max()))
+            for j, u in enumerate(batch):
+                wav[j, : u[2].numel()] = u[2]
+            mel, mel_lengths = self.wav_to_mel(wav.to(device), lengths.to(device), pad_to_30s=mode == "padded")
+            codes = self.tokenize(mel, mel_lengths)["codes"].cpu()
+            for j, (i, first, _) in enumerate(batch):
+                n = min(keep, n_codes[i] - first)
+                results[i][:, first: first + n] = codes[:, j, :n]
+            if progress is not None:
+                progress(min(b0 + batch_size, len(units)), len(units))
+        return results
+
+    @torch.no_grad()
+    def decode(self, codes_list, overlap_seconds: float = 10, batch_size: int = 8, mode: str = "fast",
+               progress=None) -> list:
+        """list of LongTensor (nq, T_i) -> list of 1-D float tensors of 1280*T_i samples (16 kHz).
+
+        Chunking as the released ``decode``: chunk k covers codes [k*keep, k*keep + 375), keep =
+        stride/1280 (250 for overlap 10); the first keep*1280 samples of each chunk are kept and
+        concatenated. mode="fast" decodes every chunk at its own length (batching only chunks of
+        equal length), so each item's result equals the official single-item decode and does not
+        depend on the rest of the batch. mode="padded" is the official batch decode (items padded
+        to the longest one, whose padding leaks into the last ~0.1 s of shorter items).
+
+        Raises ValueError naming the item for: not (nq, T), wrong nq, non-integer, out-of-range
+        codes, T = 0.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        codes_list = self._check_codes(codes_list)
+        _, keep = self._chunking(overlap_seconds)
+        if mode == "padded":
+            return self._decode_padded(codes_list, keep, batch_size, progress)
+        device = self.device
+        results = [torch.zeros(c.shape[1] * self.code_hop) for c in codes_list]
+        groups = defaultdict(list)  # chunk length -> [(item, first code, codes)]
+        for i, c in enumerate(codes_list):
+            k = 0
+            while k * keep < c.shape[1]:
+                chunk = c[:, k * keep: k * keep + self.window_codes]
+                groups[chunk.shape[1]].append((i, k * keep, chunk))
+                k += 1
+        total, done = sum(len(g) for g in groups.values()), 0
+        for length in sorted(groups, reverse=True):
+            units = groups[length]
+            for b0 in range(0, len(units), batch_size):
+                batch = units[b0: b0 + batch_size]
+                codes = torch.stack([u[2] for u in batch], dim=1).to(device)
+                lengths = torch.full((len(batch),), length, dtype=torch.long, device=device)
+                wav = self.detokenize(codes, lengths)["wav"].cpu()
+                for j, (i, first, _) in enumerate(batch):
+                    n = min(keep, results[i].numel() // self.code_hop - first) * self.code_hop
+                    results[i][first * self.code_hop: first * self.code_hop + n] = wav[j, :n]
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+        return results
+
+    def _decode_padded(self, codes_list, keep, batch_size, progress):
+        """Official batch decode: pad to the longest item, chunk the batch, hard-concatenate."""
+        device = self.device
+        results = [torch.zeros(c.shape[1] * self.code_hop) for c in codes_list]
+        for b0 in range(0, len(codes_list), batch_size):
+            items = codes_list[b0: b0 + batch_size]
+            lens = torch.tensor([c.shape[1] for c in items])
+            t_max = int(lens.max())
+            padded = torch.zeros(self.num_quantizers, len(items), t_max, dtype=torch.long)
+            for j, c in enumerate(items):
+                padded[:, j, : c.shape[1]] = c
+            k = 0
+            while k * keep < t_max:
+                first = k * keep
+                chunk = padded[:, :, first: first + self.window_codes]
+                chunk_lens = (lens - first).clamp(min=0, max=chunk.shape[2])
+                wav = self.detokenize(chunk.to(device), chunk_lens.to(device))["wav"].cpu()
+                for j in range(len(items)):
+                    n = min(keep * self.code_hop, int(chunk_lens[j]) * self.code_hop)
+                    results[b0 + j][first * self.code_hop: first * self.code_hop + n] = wav[j, :n]
+                k += 1
+            if progress is not None:
+                progress(min(b0 + batch_size, len(codes_list)), len(codes_list))
+        return results
+
+
+def _read_config(config) -> dict:
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"codec config not found: {path}")
+        with open(path) as f:
+            config = yaml.safe_load(f)
+        source = path
+    else:
+        source = "<config dict>"
+    if not isinstance(config, dict):
+        raise ValueError(f"{source}: expected a YAML mapping with generator_params")
+    params = config.get("generator_params", config)
+    required = ["semantic_encoder_kwargs", "semantic_encoder_adapter_kwargs", "acoustic_encoder_kwargs",
+                "pre_rvq_adapter_kwargs", "downsample_kwargs", "quantizer_kwargs",
+                "post_rvq_adapter_kwargs", "upsample_kwargs", "acoustic_decoder_kwargs", "vocos_kwargs"]
+    missing = [k for k in required if k not in params]
+    if missing:
+        raise ValueError(f"{source}: generator_params lacks {', '.join(missing)}")
+    return params
+
+
+def build_codec(config) -> XYTokenizer:
+    """Random-initialised generator (VQ codebooks not inited: training k-means-initialises them)."""
+    return XYTokenizer(_read_config(config))
+
+
+def load_codec(config, ckpt_path=None, device="cpu") -> XYTokenizer:
+    """Build the generator from a released-format YAML (path or dict) and load ``ckpt_path`` strictly.
+
+    ``ckpt_path=None`` gives a random initialisation. The model is returned in eval mode on ``device``.
+    """
+    codec = build_codec(config)
+    if ckpt_path is not None:
+        load_generator_checkpoint(codec, ckpt_path)
+    return codec.to(device).eval()
