@@ -213,7 +213,9 @@ class VectorQuantizer(nn.Module):
         z_e = self.in_project(residual.float()).float()
         batch, dim, frames = z_e.shape
         flat = z_e.detach().permute(0, 2, 1).reshape(-1, dim)
-        valid_flat = valid.reshape(-1) if valid is not None else None
+        if valid is None:
+            valid = torch.ones(batch, frames, dtype=torch.bool, device=z_e.device)
+        valid_flat = valid.reshape(-1)
         if update and not bool(self.inited.item()):
             self.init_by_kmeans(flat[valid_flat])
         indices = _nearest(flat, self.codebook).view(batch, frames)
