@@ -1,0 +1,246 @@
+"""Stage 1 ("X-shaped") training: codec generator + ASR branch on the quantised features.
+
+Loss = w_asr * CE(LM transcript | adapter(post_rvq_adapter(zq)))
+     + w_mel * multi-scale log-mel L1(output wav, input wav)
+     + w_feat * L1(decoder 100 Hz features, input log-mel)      (optional)
+     + w_commit * RVQ commitment
+The quantizer's EMA / k-means / dead-code updates and quantizer dropout happen inside ResidualVQ
+in train mode. Frozen modules (config `frozen:`; default the Whisper semantic encoder) are kept
+in eval mode and run without autograd.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+import torch.nn as nn
+import yaml
+
+from xytok.losses import MultiScaleMelLoss, feature_l1
+from xytok.train.task import Task
+
+log = logging.getLogger("xytok.train")
+
+# Codec submodules in data-flow order (the released attribute names).
+CODEC_MODULES = ("semantic_encoder", "semantic_encoder_adapter", "acoustic_encoder", "pre_rvq_adapter",
+                 "downsample", "quantizer", "post_rvq_adapter", "upsample", "acoustic_decoder", "vocos")
+
+
+def build_codec(generator_params: Dict[str, Any]) -> nn.Module:
+    from xytok.codec import load_codec
+
+    return load_codec({"generator_params": generator_params}).train()
+
+
+def run_vocos(vocos: nn.Module, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    out = vocos(feats, lengths)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+class Stage1Model(nn.Module):
+    """codec + asr in one module so DDP sees a single forward."""
+
+    def __init__(self, codec: nn.Module, asr: nn.Module, frozen: List[str]):
+        super().__init__()
+        self.codec = codec
+        self.asr = asr
+        self.frozen = list(frozen)
+        for name in self.frozen:
+            module = self.get_submodule(name)
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:  # frozen parts always behave as at inference
+            self.get_submodule(name).eval()
+        return self
+
+    def _maybe_no_grad(self, module_name: str):
+        return torch.no_grad() if f"codec.{module_name}" in self.frozen else torch.enable_grad()
+
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor, texts: List[str] | None = None,
+                run_asr: bool = True) -> Dict[str, Any]:
+        c = self.codec
+        with self._maybe_no_grad("semantic_encoder"):
+            sem, sem_len = c.semantic_encoder(mel, mel_lengths)
+        with self._maybe_no_grad("semantic_encoder_adapter"):
+            sem, _ = c.semantic_encoder_adapter(sem, sem_len)
+        with self._maybe_no_grad("acoustic_encoder"):
+            ac, _ = c.acoustic_encoder(mel, mel_lengths)
+        h, h_len = c.pre_rvq_adapter(torch.cat([sem, ac], dim=1), sem_len)
+        h, code_len = c.downsample(h, h_len)
+        zq, codes, commit_loss, stats = c.quantizer(h, code_len)
+        post, _ = c.post_rvq_adapter(zq, code_len)
+        up, up_len = c.upsample(post, code_len)
+        feats, feat_len = c.acoustic_decoder(up, up_len)
+        wav = run_vocos(c.vocos, feats, feat_len)
+        out = {"wav": wav, "feats": feats, "feat_lengths": feat_len, "codes": codes, "code_lengths": code_len,
+               "commit_loss": commit_loss, "rvq_stats": stats, "post": post}
+        if run_asr and texts is not None:
+            out["asr_loss"], out["asr_stats"] = self.asr(post, code_len, texts)
+        return out
+
+
+def _input_mel(batch: Dict[str, Any]):
+    if "mel" in batch:
+        return batch["mel"], batch["mel_lengths"]
+    from xytok.frontend import log_mel
+
+    return log_mel(batch["wav"], batch["wav_lengths"])
+
+
+class Stage1Task(Task):
+    default_config: Dict[str, Any] = {
+        "whisper_init": None,          # HF name or local dir; null = random init (debug)
+        "whisper_init_towers": ["semantic_encoder", "acoustic_encoder"],
+        "frozen": ["codec.semantic_encoder"],
+        "loss_weights": {"asr": 1.0, "mel": 1.0, "feat": 0.0, "commit": 1.0},
+        "mel_resolutions": [[512, 128, 64], [1024, 256, 80], [2048, 512, 128]],
+        "quantizer_dropout": None,     # override generator_params.quantizer_kwargs.quantizer_dropout
+        "valid_cer": True,             # greedy-decode every valid utterance and report CER
+        "num_examples": 4,             # valid utterances shown (mel image + transcript)
+        "asr": {"lm": {"type": "decoder"}, "tokenizer": {}, "adapter": {}},
+    }
+
+    # -- construction -------------------------------------------------------------------------
+    def build_models(self) -> Dict[str, nn.Module]:
+        conf = self.config
+        gp = conf.get("generator_params")
+        if not gp:
+            raise ValueError("stage-1 config needs generator_params (the codec architecture, released YAML schema)")
+        if conf.get("quantizer_dropout") is not None:
+            gp["quantizer_kwargs"]["quantizer_dropout"] = float(conf["quantizer_dropout"])
+        codec = build_codec(gp)
+        if conf.get("whisper_init"):
+            from xytok.whisper_init import load_whisper_encoder_into
+
+            load_whisper_encoder_into(codec, conf["whisper_init"], towers=tuple(conf["whisper_init_towers"]))
+        from xytok.asr import build_asr_branch
+
+        post_dim = gp["post_rvq_adapter_kwargs"]["output_dim"]
+        asr = build_asr_branch(conf["asr"], in_dim=post_dim)
+        model = Stage1Model(codec, asr, conf.get("frozen") or [])
+        trainable_only = conf.get("trainable")
+        if trainable_only:  # explicit allow-list: everything else frozen
+            for pname, p in model.named_parameters():
+                p.requires_grad_(any(pname.startswith(t + ".") for t in trainable_only) and p.requires_grad)
+        self.mel_loss = MultiScaleMelLoss(conf["mel_resolutions"])
+        return {"stage1": model}
+
+    def init_from(self, models, state) -> None:
+        model = models["stage1"]
+        if "generator" in state and "models" not in state:  # released format: codec weights only
+            from xytok.checkpoint import load_state_strict
+
+            load_state_strict(model.codec, state["generator"], source="--init_param")
+            log.info("--init_param: codec weights loaded (released format); ASR branch keeps its init")
+            return
+        super().init_from(models, state)
+
+    # -- steps --------------------------------------------------------------------------------
+    def _losses(self, model, batch, ctx, run_asr=True):
+        mel, mel_lengths = _input_mel(batch)
+        with ctx.autocast():
+            out = model(mel, mel_lengths, batch["text"], run_asr=run_asr)
+        w = self.config["loss_weights"]
+        self.mel_loss.to(mel.device)
+        wav = out["wav"].float()
+        mel_l = self.mel_loss(wav, batch["wav"][:, : wav.shape[-1]], batch["wav_lengths"])
+        values = {"mel_loss": mel_l, "commit_loss": out["commit_loss"].float()}
+        total = w["mel"] * mel_l + w["commit"] * values["commit_loss"]
+        if w.get("feat", 0):
+            values["feat_loss"] = feature_l1(out["feats"], mel, mel_lengths)
+            total = total + w["feat"] * values["feat_loss"]
+        if run_asr:
+            values["asr_loss"] = out["asr_loss"].float()
+            values["asr_acc"] = out["asr_stats"]["asr_acc"]
+            total = total + w["asr"] * values["asr_loss"]
+        values["loss"] = total
+        return total, values, out
+
+    def train_step(self, batch, step, ctx) -> Dict[str, float]:
+        model = ctx.models["stage1"]
+        total, values, out = self._losses(model, batch, ctx)
+        ctx.backward(total)
+        ctx.optimizer_step("stage1")
+        result = {k: float(v) for k, v in values.items()}
+        stats = out["rvq_stats"]
+        for i in range(len(stats["codebook_usage"])):
+            result[f"rvq/usage_l{i}"] = float(stats["codebook_usage"][i])
+            result[f"rvq/perplexity_l{i}"] = float(stats["perplexity"][i])
+            result[f"rvq/dead_codes_l{i}"] = float(stats["dead_codes"][i])
+        return result
+
+    @torch.no_grad()
+    def valid_step(self, batch, ctx) -> Dict[str, float]:
+        model = ctx.raw_models["stage1"]
+        _, values, out = self._losses(model, batch, ctx)
+        result = {k: float(v) for k, v in values.items()}
+        if self.config.get("valid_cer"):
+            hyps = model.asr.greedy_decode(out["post"], out["code_lengths"])
+            result["cer"] = _cer(batch["text"], hyps)
+            self._last_hyps = hyps
+        return result
+
+    def log_examples(self, batch, ctx, reporter, step) -> None:
+        model = ctx.raw_models["stage1"]
+        n = min(int(self.config.get("num_examples", 4)), len(batch["utt_ids"]))
+        if n == 0:
+            return
+        sub = {k: (v[:n] if torch.is_tensor(v) or isinstance(v, list) else v) for k, v in batch.items()}
+        mel, mel_lengths = _input_mel(sub)
+        with torch.no_grad():
+            out = model(mel, mel_lengths, run_asr=False)
+            hyps = model.asr.greedy_decode(out["post"], out["code_lengths"])
+        lines = [f"step {step} {u} REF: {r}\nstep {step} {u} HYP: {h}" for u, r, h in zip(sub["utt_ids"], sub["text"], hyps)]
+        for line in lines:
+            log.info("%s", line)
+        with open(ctx.exp_dir / "asr_examples.txt", "a") as f:
+            f.write("\n".join(lines) + "\n")
+        reporter.add_text("valid/asr", "\n\n".join(lines), step)
+        try:
+            from xytok.frontend import log_mel
+
+            recon, _ = log_mel(out["wav"][:1].float().cpu(), sub["wav_lengths"][:1].cpu())
+            _plot_mels(reporter, mel[0, :, : int(mel_lengths[0])].cpu(), recon[0, :, : int(mel_lengths[0])],
+                       sub["utt_ids"][0], step, ctx.exp_dir)
+        except Exception as e:  # plotting must never kill a run
+            log.warning("mel image failed: %s", e)
+
+    # -- export -------------------------------------------------------------------------------
+    def export(self, ctx, out_dir: Path) -> None:
+        from xytok.train.checkpointing import atomic_torch_save
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        codec = ctx.raw_models["stage1"].codec
+        with open(out_dir / "config.yaml", "w") as f:
+            yaml.safe_dump({"sample_rate": 16000, "generator_params": self.config["generator_params"]}, f, sort_keys=False)
+        atomic_torch_save({"generator": codec.state_dict()}, out_dir / "model.ckpt")
+        log.info("exported %s/config.yaml + model.ckpt (released format)", out_dir)
+
+
+def _cer(refs: List[str], hyps: List[str]) -> float:
+    import jiwer
+
+    refs = [r.lower() for r in refs]
+    hyps = [h.lower() for h in hyps]
+    return float(jiwer.cer(refs, hyps))
+
+
+def _plot_mels(reporter, real, recon, utt, step, exp_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+    for ax, m, title in zip(axes, (real, recon), ("input log-mel", "reconstruction (log-mel of output wav)")):
+        ax.imshow(m.numpy(), origin="lower", aspect="auto", interpolation="none")
+        ax.set_title(f"{utt}: {title}")
+    fig.tight_layout()
+    reporter.add_image("valid/mel", fig, step, Path(exp_dir) / "images" / f"mel_step{step}.png")
+    plt.close(fig)
