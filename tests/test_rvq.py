@@ -15,8 +15,6 @@ TINY_A = GOLDEN / "tiny_a"
 needs_golden = pytest.mark.skipif(not (TINY_A / "model.ckpt").exists(),
                                   reason="golden reference data /work/shared/golden/tiny_a not present")
 
-torch.set_num_threads(1)
-
 
 def _golden_quantizer(folder: Path = TINY_A) -> ResidualVQ:
     cfg = yaml.safe_load((folder / "config.yaml").read_text())["generator_params"]["quantizer_kwargs"]
