@@ -101,7 +101,7 @@ def _read_any(entry: str, what: str) -> Tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(stripped, dtype="float32", always_2d=True)
     except Exception as e:
-        raise AudioError(f"{what}: cannot read audio file {stripped}: {e}") from None
+        raise AudioError(f"{what}: cannot read audio: {e}") from None
     return data, sr
 
 

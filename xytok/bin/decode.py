@@ -57,11 +57,14 @@ def _decode_group(codec, codes_list, device, overlap_seconds):
 
     tensors = [torch.from_numpy(c).long().to(device) for c in codes_list]
     with torch.inference_mode():
-        return codec.decode(tensors, overlap_seconds=overlap_seconds)
+        # one model call per group; the codec batches its 30-s chunks up to len(tensors)
+        return codec.decode(tensors, overlap_seconds=overlap_seconds, batch_size=len(tensors))
 
 
 def decode_batch(codec, batch, device, overlap_seconds, failures):
     """Decode (utt, codes) pairs; on a failed batch call, retry one by one to isolate the bad one."""
+    if not batch:
+        return []
     try:
         wavs = _decode_group(codec, [c for _, c in batch], device, overlap_seconds)
         return list(zip([u for u, _ in batch], wavs))

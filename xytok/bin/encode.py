@@ -75,11 +75,14 @@ def _encode_group(codec, wavs, device, overlap_seconds) -> List:
 
     tensors = [torch.from_numpy(w).to(device) for w in wavs]
     with torch.inference_mode():
-        return codec.encode(tensors, overlap_seconds=overlap_seconds)
+        # one model call per group; the codec batches its 30-s chunks up to len(tensors)
+        return codec.encode(tensors, overlap_seconds=overlap_seconds, batch_size=len(tensors))
 
 
 def encode_batch(codec, batch: List[Tuple[str, "object"]], device, overlap_seconds, failures):
     """Encode (utt, wav) pairs; if the batch call fails, retry one by one to isolate the bad one."""
+    if not batch:
+        return []
     try:
         codes = _encode_group(codec, [w for _, w in batch], device, overlap_seconds)
         return list(zip([u for u, _ in batch], codes))
