@@ -289,6 +289,13 @@ class DataDir:
 
 def audio_info(value: str) -> Tuple[int, int]:
     """(num_samples, sample_rate) of a wav.scp value: a file, `cmd |`, or an `x.ark:offset`."""
+    try:
+        return _audio_info(value)
+    except ImportError as e:
+        raise DataDirError(f"reading audio needs {e.name} (run inside the venv: . ./path.sh)")
+
+
+def _audio_info(value: str) -> Tuple[int, int]:
     if value.endswith("|"):
         proc = subprocess.run(["bash", "-c", value[:-1]], capture_output=True)
         if proc.returncode != 0:
