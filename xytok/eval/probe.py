@@ -1,0 +1,251 @@
+"""Text-alignment probe (paper protocol, after SUPERB's ASR probing):
+
+frozen codec -> continuous quantised embeddings z_q (quantizer output, 12.5 Hz) -> repeated 4x to
+50 Hz -> 2-layer BiLSTM -> character CTC, trained on a training set; greedy CTC decoding; WER/CER on
+a validation set. A lower WER means the tokens carry more text (semantic) information.
+
+Features are cached in kaldiio ark/scp (at 12.5 Hz; the repetition happens when batches are made),
+keyed by a fingerprint of the model and the data, so re-runs only train the probe.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xytok.eval.normalizer import BasicEnglishNormalizer
+from xytok.eval.wer import corpus_error_counts
+
+log = logging.getLogger("xytok.probe")
+UPSAMPLE = 4  # 12.5 Hz -> 50 Hz by frame repetition
+SAMPLE_RATE = 16000
+CHUNK_SAMPLES = 30 * SAMPLE_RATE  # the codec sees at most one 30 s window at a time
+
+
+# ----------------------------------------------------------------------------- model resolution
+def resolve_model(model: str | None = None, config: str | None = None, checkpoint: str | None = None,
+                  random_init: bool = False) -> tuple[str, str | None]:
+    """(config.yaml, model.ckpt or None). `model` = exp dir (export/ inside), export dir or config.yaml."""
+    if model:
+        p = Path(model)
+        if p.is_dir():
+            p = p / "export" / "config.yaml" if (p / "export" / "config.yaml").is_file() else p / "config.yaml"
+        if not p.is_file():
+            raise FileNotFoundError(f"--model {model}: no export/config.yaml or config.yaml found")
+        config = str(p)
+        if checkpoint is None and not random_init:
+            checkpoint = str(p.parent / "model.ckpt")
+    if not config:
+        raise ValueError("give --model, or --config (and --checkpoint unless --random_init)")
+    if random_init:
+        return config, None
+    if checkpoint is None or not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found (use --random_init for an untrained codec)")
+    return config, checkpoint
+
+
+def model_fingerprint(config: str, checkpoint: str | None) -> str:
+    h = hashlib.sha1(Path(config).read_bytes())
+    if checkpoint:
+        st = os.stat(checkpoint)
+        h.update(f"{os.path.abspath(checkpoint)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        h.update(b"random_init")
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- feature extraction
+@torch.inference_mode()
+def extract_zq(codec, wav: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Quantizer output z_q (T, C) at 12.5 Hz for one utterance; > 30 s is cut into 30 s windows."""
+    pieces = []
+    for start in range(0, len(wav), CHUNK_SAMPLES):
+        chunk = torch.as_tensor(wav[start:start + CHUNK_SAMPLES], dtype=torch.float32, device=device)
+        if len(chunk) < 1280:  # shorter than one code frame: contributes nothing
+            continue
+        mel, mel_lengths = codec.wav_to_mel(chunk.unsqueeze(0), torch.tensor([len(chunk)], device=device))
+        out = codec.tokenize(mel, mel_lengths)
+        n = int(out["codes_lengths"][0])
+        pieces.append(out["zq"][0, :, :n].transpose(0, 1).float().cpu().numpy())
+    if not pieces:
+        raise ValueError(f"utterance of {len(wav)} samples is shorter than one 80 ms code frame")
+    return np.concatenate(pieces, axis=0)
+
+
+def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint: str, device: str = "cpu") -> str:
+    """Extract z_q for every utterance of a Kaldi data dir into feat_dir/name.{ark,scp}; reuse if valid."""
+    import kaldiio
+
+    from xytok.eval.inputs import load_wav, read_scp
+
+    wavs = read_scp(Path(data_dir) / "wav.scp")
+    scp, meta_path = feat_dir / f"{name}.scp", feat_dir / f"{name}.meta.json"
+    meta = {"model": fingerprint, "data_dir": os.path.abspath(data_dir),
+            "utts": hashlib.sha1("\n".join(sorted(wavs)).encode()).hexdigest()}
+    if scp.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+        log.info("%s: using cached features %s", name, scp)
+        return str(scp)
+    feat_dir.mkdir(parents=True, exist_ok=True)
+    start, skipped = time.time(), 0
+    with kaldiio.WriteHelper(f"ark,scp:{feat_dir / name}.ark,{scp}") as writer:
+        for i, utt in enumerate(sorted(wavs), 1):
+            wav, _ = load_wav(wavs[utt])
+            try:
+                writer(utt, extract_zq(codec, wav, device))
+            except ValueError as e:
+                skipped += 1
+                log.warning("%s: %s: skipped (%s)", name, utt, e)
+            if i % max(1, len(wavs) // 10) == 0 or i == len(wavs):
+                el = time.time() - start
+                log.info("%s: features %d/%d (%.1f utt/s, ETA %.0f s)", name, i, len(wavs), i / el,
+                         el / i * (len(wavs) - i))
+    meta_path.write_text(json.dumps(meta))
+    return str(scp)
+
+
+# ----------------------------------------------------------------------------- probe model
+class CharVocab:
+    """CTC blank = 0; characters of the normalised training transcripts (space = word boundary)."""
+
+    def __init__(self, texts):
+        self.chars = sorted({c for t in texts for c in t})
+        self.index = {c: i + 1 for i, c in enumerate(self.chars)}
+
+    def __len__(self):
+        return len(self.chars) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[c] for c in text if c in self.index]
+
+    def greedy_decode(self, ids) -> str:
+        out, prev = [], 0
+        for i in ids:
+            if i != prev and i != 0:
+                out.append(self.chars[i - 1])
+            prev = i
+        return " ".join("".join(out).split())
+
+
+class BiLSTMCTC(nn.Module):
+    def __init__(self, input_dim: int, hidden: int, vocab_size: int, num_layers: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.lstm = nn.LSTM(input_dim, hidden, num_layers=num_layers, bidirectional=True, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.out = nn.Linear(2 * hidden, vocab_size)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        h, _ = self.lstm(packed)
+        h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
+        return self.out(h).log_softmax(-1)
+
+
+@dataclass
+class ProbeConfig:
+    hidden: int = 256
+    num_layers: int = 2
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    dropout: float = 0.1
+    seed: int = 0
+    normalizer: str = "basic_english"
+
+
+def _batches(items, batch_size, shuffle, rng):
+    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))  # length-sorted -> little padding
+    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if shuffle:
+        rng.shuffle(groups)
+    return groups
+
+
+def _collate(items, idx, mean, std):
+    feats = [torch.from_numpy((items[i][1] - mean) / std).repeat_interleave(UPSAMPLE, dim=0) for i in idx]
+    lengths = torch.tensor([len(f) for f in feats])
+    x = nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
+    return x, lengths
+
+
+def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: dict, cfg: ProbeConfig) -> dict:
+    """items: list of (utt, feats (T, C) at 12.5 Hz). Returns metrics and the valid hypotheses."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    norm = BasicEnglishNormalizer()
+    train_items = [it for it in train_items if it[0] in train_text]
+    vocab = CharVocab(norm(train_text[u]) for u, _ in train_items)
+    targets = {u: vocab.encode(norm(train_text[u])) for u, _ in train_items}
+    # CTC needs T >= len(target) (+ repeats); drop impossible utterances, counted.
+    usable = [it for it in train_items if len(it[1]) * UPSAMPLE >= len(targets[it[0]]) and targets[it[0]]]
+    if not usable:
+        raise ValueError("no usable training utterances (need text and frames >= characters)")
+    stacked = np.concatenate([f for _, f in usable], axis=0)
+    mean, std = stacked.mean(0), stacked.std(0) + 1e-5  # per-dimension standardisation from the train set
+
+    model = BiLSTMCTC(stacked.shape[1], cfg.hidden, len(vocab), cfg.num_layers, cfg.dropout)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    history, start = [], time.time()
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        total, n = 0.0, 0
+        for idx in _batches(usable, cfg.batch_size, True, rng):
+            x, lengths = _collate(usable, idx, mean, std)
+            tg = [torch.tensor(targets[usable[i][0]]) for i in idx]
+            logp = model(x, lengths)
+            loss = ctc(logp.transpose(0, 1), torch.cat(tg), lengths, torch.tensor([len(t) for t in tg]))
+            opt.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            total += loss.item() * len(idx)
+            n += len(idx)
+        history.append(total / n)
+        el = time.time() - start
+        log.info("probe epoch %d/%d: train CTC loss %.4f (%.1f s/epoch, ETA %.0f s)", epoch, cfg.epochs,
+                 total / n, el / epoch, el / epoch * (cfg.epochs - epoch))
+
+    model.eval()
+    hyps = {}
+    with torch.inference_mode():
+        for idx in _batches(valid_items, cfg.batch_size, False, rng):
+            x, lengths = _collate(valid_items, idx, mean, std)
+            best = model(x, lengths).argmax(-1)
+            for j, i in enumerate(idx):
+                hyps[valid_items[i][0]] = vocab.greedy_decode(best[j, : lengths[j]].tolist())
+    refs = {u: valid_text[u] for u, _ in valid_items if u in valid_text}
+    wer = corpus_error_counts(refs, hyps, norm)
+    cer = corpus_error_counts(refs, hyps, norm, unit="char")
+    return {
+        "wer": wer.rate, "cer": cer.rate,
+        "wer_counts": {**wer.to_dict(), "kaldi": wer.kaldi_line("WER")},
+        "cer_counts": {**cer.to_dict(), "kaldi": cer.kaldi_line("CER")},
+        "n_train": len(usable), "n_train_dropped": len(train_items) - len(usable), "n_valid": len(refs),
+        "input_dim": int(stacked.shape[1]), "vocab": vocab.chars, "train_loss": history,
+        "probe_config": asdict(cfg), "normalizer": norm.description,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": time.time() - start,
+        "hyps": hyps,
+    }
+
+
+def load_items(scp: str) -> list:
+    import kaldiio
+
+    return [(u, np.asarray(m, dtype=np.float32)) for u, m in kaldiio.load_scp_sequential(scp)]
+
+
+
+__all__ = ["resolve_model", "model_fingerprint", "extract_zq", "cache_features", "CharVocab", "BiLSTMCTC",
+           "ProbeConfig", "train_and_evaluate", "load_items", "UPSAMPLE"]
