@@ -99,3 +99,24 @@ def test_missing_transformers_message(monkeypatch, tiny_codec):
     monkeypatch.setattr(builtins, "__import__", no_transformers)
     with pytest.raises(ImportError, match=r"pip install xytok\[hf\]"):
         load_whisper_encoder_into(tiny_codec, "openai/whisper-small")
+
+
+def test_whisper_init_command_writes_loadable_checkpoint(saved_whisper, tmp_path):
+    from xytok import load_codec
+    from xytok.whisper_init import main
+
+    hf, path = saved_whisper
+    out = str(tmp_path / "init.ckpt")
+    cfg = os.path.join(GOLDEN, "config.yaml")
+    ckpt = os.path.join(GOLDEN, "model.ckpt")
+    assert main(["--config", cfg, "--checkpoint", ckpt, "--whisper", path,
+                 "--towers", "acoustic_encoder", "--output", out]) == 0
+    codec = load_codec(cfg, out)  # strict load: the released key set is intact
+    golden = load_codec(cfg, ckpt)
+    hf_enc = hf.get_encoder()
+    assert torch.equal(codec.acoustic_encoder.layers[1].fc1.weight, hf_enc.layers[1].fc1.weight)
+    assert torch.equal(codec.acoustic_encoder.positional_embedding, hf_enc.embed_positions.weight)
+    # the other tower and the rest of the model come from --checkpoint
+    assert torch.equal(codec.semantic_encoder.conv1.weight, golden.semantic_encoder.conv1.weight)
+    assert torch.equal(codec.vocos.state_dict()[next(iter(codec.vocos.state_dict()))],
+                       golden.vocos.state_dict()[next(iter(golden.vocos.state_dict()))])
