@@ -1,0 +1,376 @@
+"""Stage 2 ("Y-shaped") post-training: GAN fine-tuning of the decoder with the token stream frozen.
+
+Starting from a stage-1 export (or any released-format codec checkpoint, via --init_param), the
+whole encoder side -- semantic/acoustic encoders, their adapters, pre_rvq_adapter, downsample and
+the quantizer -- is frozen: eval mode even while training, no EMA codebook updates, no gradients,
+run under torch.no_grad. So every input maps to exactly the same codes before and after stage 2,
+and the text alignment learnt in stage 1 is kept. upsample, acoustic_decoder and vocos (and, if
+`train_post_rvq_adapter: true`, post_rvq_adapter) learn to turn those codes into better audio with
+
+    L_G = mel_weight * L_mel(multi-scale) + adv_weight * L_adv + feat_match_weight * L_fm
+    L_D = LSGAN (or hinge) loss of MPD + MSD + MS-STFTD on real vs generated audio
+
+The ASR branch of stage 1 is dropped. Each step runs the discriminator update, then the generator
+update (discriminators join at `disc_start_step`; before that the generator sees the mel loss only).
+
+post_rvq_adapter is frozen by default: the paper only names the acoustic decoder (+ Vocos) as
+trainable in stage 2, and the released code groups post_rvq_adapter with the shared RVQ block.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn as nn
+import yaml
+
+from xytok.gan import Discriminators, feature_matching_loss, get_adversarial_losses
+from xytok.losses import MultiScaleMelLoss
+from xytok.train.checkpointing import atomic_torch_save
+from xytok.train.task import Task
+
+log = logging.getLogger("xytok.train")
+
+# Always frozen in stage 2: everything that decides the codes.
+TOKENIZER_MODULES = ("semantic_encoder", "semantic_encoder_adapter", "acoustic_encoder",
+                     "pre_rvq_adapter", "downsample", "quantizer")
+DECODER_MODULES = ("post_rvq_adapter", "upsample", "acoustic_decoder", "vocos")
+
+
+class Stage2CodecMixin:
+    """Adds stage-2 behaviour to an XYTokenizer instance without touching its parameters/buffers
+    (so state_dict() stays exactly the released key set):
+
+    * train(mode) keeps the frozen modules in eval mode whatever the trainer asks;
+    * forward(mel, mel_lengths) = frozen tokenizer (no_grad) -> codes -> trainable decoder.
+    """
+
+    frozen_modules: tuple = TOKENIZER_MODULES + ("post_rvq_adapter",)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen_modules:
+            getattr(self, name).eval()
+        return self
+
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
+        with torch.no_grad():
+            tok = self.tokenize(mel, mel_lengths)
+            # Decode from the codes exactly as inference does (decode_codes), not from the
+            # straight-through zq of tokenize (they differ by float rounding, ~1e-7).
+            zq = self.decode_codes(tok["codes"])
+        out = self.detokenize_from_zq(zq, tok["codes_lengths"])
+        wav = out["wav"]
+        if wav.dim() == 3:
+            wav = wav.squeeze(1)
+        return {"wav": wav, "mel_out": out.get("mel_out"), "codes": tok["codes"],
+                "codes_lengths": tok["codes_lengths"]}
+
+
+_STAGE2_CLASSES: Dict[type, type] = {}
+
+
+def make_stage2_codec(codec: nn.Module, train_post_rvq_adapter: bool = False) -> nn.Module:
+    """Freeze the token side of `codec` in place and give it the stage-2 train()/forward().
+
+    The instance is re-classed to a subclass of its own class that only adds methods: the module
+    tree, parameters and buffers are untouched, so checkpoints keep the released key names.
+    """
+    base = type(codec)
+    if base not in _STAGE2_CLASSES:
+        _STAGE2_CLASSES[base] = type(f"Stage2{base.__name__}", (Stage2CodecMixin, base), {})
+    codec.__class__ = _STAGE2_CLASSES[base]
+    frozen = TOKENIZER_MODULES + (() if train_post_rvq_adapter else ("post_rvq_adapter",))
+    codec.frozen_modules = frozen
+    for name in frozen:
+        module = getattr(codec, name)
+        module.requires_grad_(False)
+        if hasattr(module, "freeze"):  # ResidualVQ: inference behaviour even in train mode
+            module.freeze()
+    for name in DECODER_MODULES:
+        if name not in frozen:
+            getattr(codec, name).requires_grad_(True)
+    codec.train(codec.training)
+    return codec
+
+
+def _strip_prefix(state: Mapping[str, Any], prefixes=("module.", "codec.", "generator.")) -> Dict[str, Any]:
+    """Accept DDP-saved or wrapped state dicts by stripping one common leading prefix."""
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _check_quantizer_trained(codec: nn.Module, where: str) -> None:
+    not_inited = [i for i, q in enumerate(codec.quantizer.quantizers)
+                  if hasattr(q, "inited") and not bool(q.inited.all())]
+    if not_inited:
+        raise ValueError(
+            f"stage 2: {where}: RVQ layers {not_inited} were never initialised (inited=False), so "
+            "the frozen quantizer would map everything to code 0. Start stage 2 from a trained "
+            "codec: --init_param <stage-1 exp>/export/model.ckpt (or a released model.ckpt).")
+
+
+class Stage2Task(Task):
+    default_config: Dict[str, Any] = {
+        "task": "stage2",
+        # Codec architecture (released `generator_params` schema). If null, read from
+        # `generator_config` (a released-format config.yaml, e.g. <stage-1 exp>/export/config.yaml).
+        "generator_params": None,
+        "generator_config": None,
+        "train_post_rvq_adapter": False,
+        "disc_start_step": 0,
+        "discriminators": {
+            "mpd": {"enabled": True, "periods": [2, 3, 5, 7, 11]},
+            "msd": {"enabled": True, "num_scales": 3},
+            "mstftd": {"enabled": True, "n_ffts": [1024, 2048, 512], "hop_lengths": [256, 512, 128],
+                       "win_lengths": [1024, 2048, 512]},
+        },
+        "loss": {
+            "adversarial": "lsgan",  # lsgan | hinge
+            "mel_weight": 15.0,
+            "adv_weight": 1.0,
+            "feat_match_weight": 2.0,
+            # (n_fft, hop, n_mels) of the multi-scale mel loss; null = xytok.losses defaults
+            "mel_resolutions": None,
+        },
+        "optim": {
+            "generator": {"type": "adamw", "lr": 1.0e-5, "betas": [0.8, 0.99], "weight_decay": 0.0},
+            "discriminator": {"type": "adamw", "lr": 1.0e-4, "betas": [0.8, 0.99], "weight_decay": 0.0},
+        },
+        "scheduler": {"type": "constant", "warmup_steps": 0},
+        "data": {"require_text": False, "crop_seconds": 2.56},
+        "log_examples": 2,  # validation utterances written as images/audio
+    }
+
+    def __init__(self, config: Dict[str, Any], output_dir: Path):
+        super().__init__(config, output_dir)
+        self.loss_conf = config.get("loss", {})
+        adv = self.loss_conf.get("adversarial", "lsgan")
+        self.d_loss_fn, self.g_loss_fn = get_adversarial_losses(adv)
+        res = self.loss_conf.get("mel_resolutions")
+        self.mel_loss = MultiScaleMelLoss(res) if res else MultiScaleMelLoss()
+        self.disc_start_step = int(config.get("disc_start_step", 0))
+        self.generator_params = self._resolve_generator_params()
+        self._checked_init = False
+
+    # -- construction -------------------------------------------------------------------------
+    def _resolve_generator_params(self) -> Dict[str, Any]:
+        params = self.config.get("generator_params")
+        if params:
+            return copy.deepcopy(params)
+        path = self.config.get("generator_config")
+        if not path:
+            raise ValueError("stage 2 needs the codec architecture: set `generator_params` in the config or "
+                             "`generator_config: <stage-1 exp>/export/config.yaml`")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if "generator_params" not in loaded:
+            raise ValueError(f"{path}: no `generator_params` section (expected a released-format config.yaml)")
+        return loaded["generator_params"]
+
+    def build_models(self) -> Dict[str, nn.Module]:
+        from xytok.codec import load_codec
+
+        codec = load_codec({"generator_params": copy.deepcopy(self.generator_params)})
+        codec = make_stage2_codec(codec, bool(self.config.get("train_post_rvq_adapter", False)))
+        discriminators = Discriminators(copy.deepcopy(self.config.get("discriminators")))
+        return {"generator": codec, "discriminator": discriminators}
+
+    def build_optimizers(self, models):
+        from xytok.train.trainer import build_optimizer
+
+        optim_conf = self.config.get("optim", {})
+        shared = {k: v for k, v in optim_conf.items() if not isinstance(v, dict)}
+        out = {}
+        for name, model in models.items():
+            conf = dict(shared)
+            conf.update(optim_conf.get(name) or {})
+            params = [p for p in model.parameters() if p.requires_grad]
+            if not params:
+                raise ValueError(f"stage 2: model {name!r} has no trainable parameters")
+            out[name] = build_optimizer(params, conf)
+        return out
+
+    def init_from(self, models, state) -> None:
+        """Load a released ckpt {'generator': sd} or a training checkpoint {'models': {...}}
+        strictly into the codec: every codec key must be there (a partial load would silently
+        leave random weights in the frozen tokenizer). Discriminators start fresh unless the
+        checkpoint has them (a stage-2 checkpoint)."""
+        sources = state.get("models", state)
+        if "generator" not in sources:
+            raise ValueError(f"--init_param: no 'generator' weights in the checkpoint (has {sorted(sources)})")
+        sd = _strip_prefix(sources["generator"])
+        codec = models["generator"]
+        own = codec.state_dict()
+        missing = sorted(set(own) - set(sd))
+        if missing:
+            raise ValueError(f"--init_param: the checkpoint lacks {len(missing)} codec weights, e.g. "
+                             f"{missing[:5]}; is it a model of this architecture (generator_params)?")
+        unexpected = sorted(set(sd) - set(own))
+        if unexpected:
+            log.info("--init_param: ignoring %d keys that are not codec weights (e.g. %s)",
+                     len(unexpected), unexpected[:3])
+        try:
+            codec.load_state_dict({k: sd[k] for k in own}, strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"--init_param: codec weights do not fit this architecture: {e}") from e
+        if "discriminator" in sources:
+            models["discriminator"].load_state_dict(sources["discriminator"])
+            log.info("--init_param: discriminators loaded too")
+        _check_quantizer_trained(codec, "--init_param")
+        self._checked_init = True
+        log.info("--init_param: codec loaded; frozen: %s", ", ".join(codec.frozen_modules))
+
+    # -- helpers ------------------------------------------------------------------------------
+    @staticmethod
+    def _input_mel(batch):
+        if "mel" in batch:
+            return batch["mel"], batch["mel_lengths"]
+        from xytok.frontend import log_mel
+
+        return log_mel(batch["wav"], batch["wav_lengths"])
+
+    @staticmethod
+    def _aligned_targets(batch, wav_hat: torch.Tensor):
+        """Reference and generated audio cut to a common length, zeroed past each item's end."""
+        n = min(wav_hat.shape[-1], batch["wav"].shape[-1])
+        lengths = batch["wav_lengths"].clamp(max=n)
+        mask = (torch.arange(n, device=wav_hat.device)[None, :] < lengths[:, None]).to(wav_hat.dtype)
+        return batch["wav"][:, :n] * mask, wav_hat[:, :n] * mask, lengths
+
+    def _first_step_checks(self, ctx) -> None:
+        if self._checked_init:
+            return
+        _check_quantizer_trained(ctx.raw_models["generator"], "the model being trained")
+        self._checked_init = True
+
+    # -- steps --------------------------------------------------------------------------------
+    def train_step(self, batch, step: int, ctx) -> Dict[str, float]:
+        self._first_step_checks(ctx)
+        generator, disc = ctx.models["generator"], ctx.models["discriminator"]
+        disc_raw = ctx.raw_models["discriminator"]
+        mel, mel_lengths = self._input_mel(batch)
+        with ctx.autocast():
+            out = generator(mel, mel_lengths)
+        wav, wav_hat, lengths = self._aligned_targets(batch, out["wav"].float())
+        self.mel_loss.to(wav.device)
+        use_gan = step >= self.disc_start_step
+        values: Dict[str, float] = {}
+
+        if use_gan:
+            # Discriminator: one forward over [real; fake] (one DDP forward per backward).
+            batch_size = wav.shape[0]
+            with ctx.autocast():
+                logits, _ = disc(torch.cat([wav, wav_hat.detach()], dim=0))
+            real_logits = [lg[:batch_size] for lg in logits]
+            fake_logits = [lg[batch_size:] for lg in logits]
+            loss_d = self.d_loss_fn(real_logits, fake_logits)
+            ctx.backward(loss_d, ["discriminator"])
+            ctx.optimizer_step("discriminator")
+            values["loss_d"] = loss_d.item()
+            values["d_real"] = torch.stack([lg.float().mean() for lg in real_logits]).mean().item()
+            values["d_fake"] = torch.stack([lg.float().mean() for lg in fake_logits]).mean().item()
+
+        # Generator.
+        loss_mel = self.mel_loss(wav_hat, wav, lengths)
+        loss_g = float(self.loss_conf.get("mel_weight", 15.0)) * loss_mel
+        if use_gan:
+            # The raw (un-wrapped) discriminator with frozen parameters: the generator loss must
+            # neither accumulate gradients into D nor trigger D's DDP gradient all-reduce.
+            disc_raw.requires_grad_(False)
+            try:
+                with ctx.autocast():
+                    with torch.no_grad():
+                        _, real_fmaps = disc_raw(wav)
+                    fake_logits, fake_fmaps = disc_raw(wav_hat)
+                loss_adv = self.g_loss_fn(fake_logits)
+                loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+            finally:
+                disc_raw.requires_grad_(True)
+            loss_g = (loss_g + float(self.loss_conf.get("adv_weight", 1.0)) * loss_adv
+                      + float(self.loss_conf.get("feat_match_weight", 2.0)) * loss_fm)
+            values["loss_adv"] = loss_adv.item()
+            values["loss_fm"] = loss_fm.item()
+        ctx.backward(loss_g, ["generator"])
+        ctx.optimizer_step("generator")
+        values["loss_mel"] = loss_mel.item()
+        values["loss_g"] = loss_g.item()
+        return values
+
+    @torch.no_grad()
+    def valid_step(self, batch, ctx) -> Dict[str, float]:
+        mel, mel_lengths = self._input_mel(batch)
+        out = ctx.raw_models["generator"](mel, mel_lengths)
+        wav, wav_hat, lengths = self._aligned_targets(batch, out["wav"].float())
+        self.mel_loss.to(wav.device)
+        values = {"mel_distance": self.mel_loss(wav_hat, wav, lengths).item()}
+        if self.disc_start_step <= ctx.step:
+            logits, _ = ctx.raw_models["discriminator"](torch.cat([wav, wav_hat], dim=0))
+            b = wav.shape[0]
+            values["loss_d"] = self.d_loss_fn([lg[:b] for lg in logits], [lg[b:] for lg in logits]).item()
+            values["loss_adv"] = self.g_loss_fn([lg[b:] for lg in logits]).item()
+        return values
+
+    @torch.no_grad()
+    def log_examples(self, batch, ctx, reporter, step: int) -> None:
+        """Log-mel images (reference vs stage-2 output) and the audio of the first utterances."""
+        num = min(int(self.config.get("log_examples", 2)), len(batch["utt_ids"]))
+        if num <= 0:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import soundfile as sf
+
+        mel, mel_lengths = self._input_mel(batch)
+        out = ctx.raw_models["generator"](mel[:num], mel_lengths[:num])
+        sample_dir = Path(ctx.exp_dir) / "samples" / f"step{step}"
+        sample_dir.mkdir(parents=True, exist_ok=True)
+        spec = self.mel_loss.to(out["wav"].device).mels[len(self.mel_loss.mels) // 2]
+        for i in range(num):
+            utt = batch["utt_ids"][i]
+            n = int(min(batch["wav_lengths"][i], out["wav"].shape[-1]))
+            ref = batch["wav"][i, :n].float()
+            gen = out["wav"][i, :n].float()
+            images = [spec(w[None])[0].cpu().numpy() for w in (ref, gen)]
+            ref, gen = ref.cpu(), gen.cpu()
+            fig, axes = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
+            for ax, title, image in zip(axes, ("reference", "stage 2"), images):
+                ax.imshow(image, origin="lower", aspect="auto")
+                ax.set_title(f"{utt}: {title}")
+            fig.tight_layout()
+            reporter.add_image(f"examples/{i}", fig, step,
+                               Path(ctx.exp_dir) / "images" / f"step{step}_{utt}.png")
+            plt.close(fig)
+            sf.write(sample_dir / f"{utt}_ref.wav", ref.numpy(), 16000)
+            sf.write(sample_dir / f"{utt}_gen.wav", gen.clamp(-1, 1).numpy(), 16000)
+            if reporter.writer is not None:
+                reporter.writer.add_audio(f"audio/{i}_gen", gen.clamp(-1, 1), step, sample_rate=16000)
+                if step == 0 or not getattr(self, "_logged_refs", False):
+                    reporter.writer.add_audio(f"audio/{i}_ref", ref, step, sample_rate=16000)
+        self._logged_refs = True
+
+    # -- export -------------------------------------------------------------------------------
+    def export(self, ctx, out_dir: Path) -> None:
+        """Released format: config.yaml (generator_params) + model.ckpt {'generator': state_dict}."""
+        export_codec(ctx.raw_models["generator"], self.generator_params, out_dir)
+
+
+def export_codec(codec: nn.Module, generator_params: Dict[str, Any], out_dir: Path) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in codec.state_dict().items()}
+    atomic_torch_save({"generator": state}, out_dir / "model.ckpt")
+    conf = {"sample_rate": int(generator_params.get("sample_rate", 16000)),
+            "generator_params": copy.deepcopy(generator_params)}
+    tmp = out_dir / ".config.yaml.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(conf, f, sort_keys=False)
+    tmp.replace(out_dir / "config.yaml")
+    log.info("exported stage-2 codec to %s (%d tensors)", out_dir, len(state))
