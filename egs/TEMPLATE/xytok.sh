@@ -1,0 +1,420 @@
+#!/usr/bin/env bash
+# The one numbered-stage script shared by every xytok recipe (ESPnet/Kaldi style).
+# A corpus's run.sh sets its sets/configs and forwards "$@" here; run it from the recipe dir
+# (egs/<corpus>), which holds path.sh, cmd.sh, db.sh, conf/, local/data.sh and the utils symlink.
+#
+#   stage  what                                   entry point
+#   1      data prep -> data/<set>                 local/data.sh $local_data_opts
+#   2      16 kHz PCM dump + duration filter       python -m xytok.bin.dump_audio
+#   3      Whisper log-mel feats (frames, 80)      python -m xytok.bin.compute_feats
+#   4      sentencepiece text tokenizer            python -m xytok.bin.train_spm
+#   5      stage-1 training (X-shaped)             python -m xytok.bin.train
+#   6      stage-2 training (Y-shaped, GAN)        python -m xytok.bin.train --init_param ...
+#   7      tokenize test sets                      xytok encode
+#   8      detokenize                              xytok decode
+#   9      scoring + RESULTS.md                    xytok score, python -m xytok.bin.make_results
+#   10     text-alignment probe                    python -m xytok.bin.probe
+#   11     pack the model                          python -m xytok.bin.pack_model
+set -e
+set -u
+set -o pipefail
+
+log() {
+    local fname=${BASH_SOURCE[1]##*/}
+    echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (${fname}:${BASH_LINENO[0]}:${FUNCNAME[1]}) $*"
+}
+die() { log "ERROR: $*" >&2; exit 1; }
+min() { local a=$1 b=$2; [ "$a" -lt "$b" ] && echo "$a" || echo "$b"; }
+SECONDS=0
+# Exact command line, for the run.sh written into every exp dir (re-runs with the same flags).
+run_args=$(printf '%q ' "$0" "$@")
+
+# General
+stage=1                # first stage to run
+stop_stage=10000       # last stage to run
+skip_data_prep=false   # skip stages 1-4
+skip_train=false       # skip stages 5-6
+skip_eval=false        # skip stages 7-10
+ngpu=0                 # GPUs per node for training (0 = CPU)
+num_nodes=1            # nodes for training (>1: torchrun rendezvous, one launcher per node)
+nj=4                   # parallel jobs for CPU data stages (capped at the number of utterances)
+inference_nj=4         # parallel jobs for tokenize/detokenize
+gpu_inference=false    # stages 7-8 on one GPU per job (cuda_cmd --gpu 1) instead of decode_cmd
+dumpdir=dump           # dumped audio and features
+expdir=exp             # experiments
+python=python3         # python interpreter (path.sh puts tools/venv first on PATH)
+
+# Data
+local_data_opts=""     # options passed to local/data.sh
+fs=16000               # sample rate of the dumped audio (the model's rate)
+min_wav_duration=0.1   # seconds; shorter train/valid utterances are dropped
+max_wav_duration=30    # seconds; longer train/valid utterances are dropped (test sets are kept whole)
+nbpe=100               # sentencepiece vocabulary size (stage 4)
+bpemode=unigram        # sentencepiece model type: unigram, bpe, char, word
+
+# Training
+stage1_config=         # stage-1 training YAML
+stage1_args=           # extra arguments for stage-1 training (e.g. "--max_steps 100")
+stage2_config=         # stage-2 training YAML
+stage2_args=           # extra arguments for stage-2 training
+tag=                   # exp dir suffix (default: the config file name without .yaml)
+stage2_tag=            # stage-2 exp dir suffix (default: $tag, else the stage-2 config name)
+
+# Inference and scoring
+inference_model=       # exp dir, export dir or config.yaml (model.ckpt beside it); default: stage-2 export, else stage-1
+inference_tag=decode   # subdir of the model's exp dir for stages 7-9
+inference_args=        # extra arguments for xytok encode/decode
+scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score
+asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
+scoring_args=          # extra arguments for xytok score
+probe_args=            # extra arguments for the text-alignment probe (stage 10)
+pack_args=             # extra arguments for pack_model (stage 11)
+
+# Data sets
+train_set=             # training set name (data/<train_set>)
+valid_set=             # validation set name
+test_sets=             # space-separated test set names
+
+help_message=$(cat <<EOF
+Usage: $0 --train_set <set> --valid_set <set> --test_sets "<sets>" [options]
+Runs stages \$stage..\$stop_stage of the xytok recipe (see egs/TEMPLATE/xytok.sh for the table).
+EOF
+)
+
+. ./utils/parse_options.sh
+
+[ $# -gt 0 ] && { echo "$help_message" >&2; die "unexpected positional arguments: $*"; }
+. ./path.sh
+. ./cmd.sh
+
+[ -n "$train_set" ] || die "--train_set is required"
+[ -n "$valid_set" ] || die "--valid_set is required"
+[ -n "$test_sets" ] || die "--test_sets is required"
+for v in nj inference_nj ngpu num_nodes fs nbpe; do
+    [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
+done
+[ "$nj" -ge 1 ] && [ "$inference_nj" -ge 1 ] || die "--nj and --inference_nj must be >= 1"
+
+if "$skip_data_prep"; then skip_stages="1 2 3 4"; else skip_stages=""; fi
+"$skip_train" && skip_stages+=" 5 6"
+"$skip_eval" && skip_stages+=" 7 8 9 10"
+# run_stage N: true when stage N is selected and not skipped.
+run_stage() {
+    [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [[ " $skip_stages " != *" $1 "* ]]
+}
+
+data_feats=$dumpdir/raw
+token_dir=data/token_list/${bpemode}${nbpe}
+spm_model=$token_dir/bpe.model
+stage1_tag=${tag:-$(basename "${stage1_config:-none}" .yaml)}
+stage2_tag=${stage2_tag:-${tag:-$(basename "${stage2_config:-none}" .yaml)}}
+stage1_exp=$expdir/stage1_${stage1_tag}
+stage2_exp=$expdir/stage2_${stage2_tag}
+# Sets for local/data.sh (a corpus may prepare only what the run needs).
+export XYTOK_TRAIN_SET=$train_set XYTOK_VALID_SET=$valid_set XYTOK_TEST_SETS=$test_sets
+
+# split_scp IN OUTDIR NAME N: split IN into OUTDIR/NAME.1.scp .. NAME.N.scp with Kaldi's split_scp.pl.
+split_scp() {
+    local in=$1 dir=$2 name=$3 n=$4 outs=() i
+    for i in $(seq "$n"); do outs+=("$dir/$name.$i.scp"); done
+    utils/split_scp.pl "$in" "${outs[@]}"
+}
+
+# subset_by_utts DIR_IN DIR_OUT UTTLIST: copy a data dir keeping only the listed utterances.
+subset_by_utts() {
+    local in=$1 out=$2 list=$3 f
+    mkdir -p "$out"
+    for f in wav.scp text utt2spk utt2num_samples feats.scp utt2num_frames; do
+        [ -f "$in/$f" ] || continue
+        awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$list" "$in/$f" > "$out/$f"
+    done
+    for f in feats_type feats_dim fs; do [ -f "$in/$f" ] && cp "$in/$f" "$out/$f"; done
+    utils/utt2spk_to_spk2utt.pl "$out/utt2spk" > "$out/spk2utt"
+}
+
+# write_exp_run_sh DIR STAGE: a run.sh in an exp dir that re-runs that stage with the same flags.
+write_exp_run_sh() {
+    mkdir -p "$1"
+    cat > "$1/run.sh" <<EOF
+#!/usr/bin/env bash
+# Generated by egs/TEMPLATE/xytok.sh: re-runs stage $2 with the flags of the original run.
+cd "$(pwd)" && $run_args --stage $2 --stop_stage $2 "\$@"
+EOF
+    chmod +x "$1/run.sh"
+}
+
+trap 'rc=$?; [ $rc -ne 0 ] && log "FAILED (exit $rc) after ${SECONDS}s; the failing job log is shown above"' EXIT
+
+# ---------------------------------------------------------------------------------------------
+if run_stage 1; then
+    log "Stage 1: data preparation: local/data.sh ${local_data_opts}"
+    [ -x local/data.sh ] || die "local/data.sh missing or not executable in $(pwd)"
+    # shellcheck disable=SC2086
+    local/data.sh ${local_data_opts}
+    for dset in $train_set $valid_set $test_sets; do
+        [ -d "data/$dset" ] || die "local/data.sh did not create data/$dset"
+        utils/validate_data_dir.sh --no-feats "data/$dset"
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+if run_stage 2; then
+    log "Stage 2: dump audio as ${fs} Hz mono PCM to ${data_feats}, filter durations (${min_wav_duration}-${max_wav_duration} s)"
+    for dset in $train_set $valid_set $test_sets; do
+        src=data/$dset
+        org=$data_feats/org/$dset
+        if [ -f "$org/.done" ]; then
+            log "  $dset: already dumped ($org/.done)"
+        else
+            [ -f "$src/wav.scp" ] || die "$src/wav.scp not found: run stage 1 first"
+            [ -f "$src/segments" ] && die "$src/segments: segmented data dirs are not supported; cut the audio in local/data.sh"
+            rm -rf "$org"; mkdir -p "$org/logs"
+            _nj=$(min "$nj" "$(wc -l < "$src/wav.scp")")
+            split_scp "$src/wav.scp" "$org/logs" wav "$_nj"
+            log "  $dset: $(wc -l < "$src/wav.scp") utterances, $_nj jobs (logs: $org/logs/dump_audio.*.log)"
+            # shellcheck disable=SC2086
+            ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$org/logs/dump_audio.JOB.log" \
+                ${python} -m xytok.bin.dump_audio --wav_scp "$org/logs/wav.JOB.scp" \
+                    --out_dir "$org/data" --out_scp "$org/logs/out_wav.JOB.scp" \
+                    --out_utt2num_samples "$org/logs/utt2num_samples.JOB" --fs "$fs"
+            for i in $(seq "$_nj"); do cat "$org/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$org/wav.scp"
+            for i in $(seq "$_nj"); do cat "$org/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$org/utt2num_samples"
+            cp "$src/text" "$src/utt2spk" "$src/spk2utt" "$org/"
+            echo raw > "$org/feats_type"
+            echo "$fs" > "$org/fs"
+            utils/validate_data_dir.sh --no-feats "$org"
+            touch "$org/.done"
+        fi
+
+        out=$data_feats/$dset
+        if [ -f "$out/.done" ]; then
+            log "  $dset: already filtered ($out/.done)"
+            continue
+        fi
+        rm -rf "$out"; mkdir -p "$out"
+        if [ "$dset" = "$train_set" ] || [ "$dset" = "$valid_set" ]; then
+            awk -v lo="$min_wav_duration" -v hi="$max_wav_duration" -v fs="$fs" \
+                '{ d = $2 / fs } (d >= lo && d <= hi) { print $1 }' "$org/utt2num_samples" > "$out/.keep"
+        else  # test sets are scored whole
+            cut -d' ' -f1 "$org/utt2num_samples" > "$out/.keep"
+        fi
+        n_in=$(wc -l < "$org/utt2num_samples"); n_out=$(wc -l < "$out/.keep")
+        [ "$n_out" -gt 0 ] || die "$dset: no utterance left after the ${min_wav_duration}-${max_wav_duration} s duration filter"
+        [ "$n_out" -lt "$n_in" ] && log "  $dset: duration filter dropped $((n_in - n_out)) of $n_in utterances"
+        subset_by_utts "$org" "$out" "$out/.keep"
+        rm -f "$out/.keep"
+        utils/validate_data_dir.sh --no-feats "$out"
+        touch "$out/.done"
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+if run_stage 3; then
+    log "Stage 3: Whisper log-mel features (frames, 80) -> ${data_feats}/<set>/feats.scp"
+    for dset in $train_set $valid_set $test_sets; do
+        d=$data_feats/$dset
+        if [ -f "$d/.feats.done" ]; then
+            log "  $dset: features already computed ($d/.feats.done)"
+            continue
+        fi
+        [ -f "$d/.done" ] || die "$d is not dumped: run stage 2 first"
+        rm -rf "$d/feats" "$d/feats.scp" "$d/utt2num_frames"
+        mkdir -p "$d/feats/logs"
+        _nj=$(min "$nj" "$(wc -l < "$d/wav.scp")")
+        split_scp "$d/wav.scp" "$d/feats/logs" wav "$_nj"
+        log "  $dset: $_nj jobs (logs: $d/feats/logs/compute_feats.*.log)"
+        # shellcheck disable=SC2086
+        ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$d/feats/logs/compute_feats.JOB.log" \
+            ${python} -m xytok.bin.compute_feats --wav_scp "$d/feats/logs/wav.JOB.scp" \
+                --out_ark "$d/feats/feats.JOB.ark" --out_scp "$d/feats/feats.JOB.scp" --fs "$fs"
+        for i in $(seq "$_nj"); do cat "$d/feats/feats.$i.scp"; done | LC_ALL=C sort > "$d/feats.scp"
+        # frames = ceil(samples / 160), the count compute_feats checked for every utterance
+        awk '{ printf "%s %d\n", $1, int(($2 + 159) / 160) }' "$d/utt2num_samples" > "$d/utt2num_frames"
+        echo 80 > "$d/feats_dim"
+        [ "$(wc -l < "$d/feats.scp")" -eq "$(wc -l < "$d/wav.scp")" ] || die "$d/feats.scp: $(wc -l < "$d/feats.scp") lines, wav.scp has $(wc -l < "$d/wav.scp")"
+        utils/validate_data_dir.sh "$d"
+        touch "$d/.feats.done"
+    done
+fi
+
+# ---------------------------------------------------------------------------------------------
+if run_stage 4; then
+    log "Stage 4: sentencepiece ${bpemode} tokenizer, ${nbpe} pieces, on ${data_feats}/${train_set}/text -> ${token_dir}"
+    if [ -f "$token_dir/.done" ]; then
+        log "  already trained ($token_dir/.done)"
+    else
+        [ -f "$data_feats/$train_set/text" ] || die "$data_feats/$train_set/text not found: run stage 2 first"
+        mkdir -p "$(dirname "$token_dir")"
+        ${python} -m xytok.bin.train_spm --text "$data_feats/$train_set/text" --vocab_size "$nbpe" \
+            --model_type "$bpemode" --output_dir "$token_dir"
+        touch "$token_dir/.done"
+    fi
+fi
+
+# ---------------------------------------------------------------------------------------------
+# launcher for training: --ngpu N on one node is handled by xytok.bin.train (it re-launches itself
+# under torchrun); several nodes need one torchrun per node meeting at a rendezvous point.
+train_launcher() {
+    if [ "$num_nodes" -gt 1 ]; then
+        local nproc=$ngpu; [ "$nproc" -ge 1 ] || nproc=1
+        echo "${python} -m torch.distributed.run --nnodes $num_nodes --nproc_per_node $nproc" \
+             "--rdzv_backend c10d --rdzv_id $1 --rdzv_endpoint ${MASTER_ADDR:-$(hostname)}:${MASTER_PORT:-29500}"
+    else
+        echo "${python}"
+    fi
+}
+
+# train_stage N CONFIG ARGS EXP [extra args]
+train_stage() {
+    local n=$1 config=$2 args=$3 exp=$4; shift 4
+    [ -n "$config" ] || die "--stage${n}_config is required for stage $((n + 4))"
+    [ -f "$config" ] || die "--stage${n}_config $config: file not found"
+    if [ -f "$exp/.done" ] && [ -f "$exp/export/model.ckpt" ]; then
+        log "  already trained ($exp/.done); delete it to train again"
+        return 0
+    fi
+    for f in "$data_feats/$train_set/.feats.done" "$data_feats/$valid_set/.feats.done" "$token_dir/.done"; do
+        [ -f "$f" ] || die "$f missing: run stages 2-4 first"
+    done
+    mkdir -p "$exp"
+    write_exp_run_sh "$exp" $((n + 4))
+    local nodes_opt=""
+    [ "$num_nodes" -gt 1 ] && nodes_opt="--num_nodes $num_nodes"
+    log "  training log: $exp/train.log"
+    # shellcheck disable=SC2086
+    ${cuda_cmd} --gpu "$ngpu" ${nodes_opt} "$exp/train.log" \
+        $(train_launcher "$(basename "$exp")") -m xytok.bin.train --config "$config" --output_dir "$exp" \
+            --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
+            --spm_model "$spm_model" --ngpu "$ngpu" "$@" ${args}
+    [ -f "$exp/export/model.ckpt" ] && [ -f "$exp/export/config.yaml" ] \
+        || die "$exp: training ended without export/model.ckpt + export/config.yaml (see $exp/train.log)"
+    touch "$exp/.done"
+}
+
+if run_stage 5; then
+    log "Stage 5: stage-1 training -> ${stage1_exp}"
+    train_stage 1 "$stage1_config" "$stage1_args" "$stage1_exp"
+fi
+
+if run_stage 6; then
+    log "Stage 6: stage-2 training -> ${stage2_exp} (init from ${stage1_exp}/export)"
+    [ -f "$stage1_exp/export/model.ckpt" ] || die "$stage1_exp/export/model.ckpt not found: run stage 5 first"
+    train_stage 2 "$stage2_config" "$stage2_args" "$stage2_exp" --init_param "$stage1_exp/export/model.ckpt"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Resolve --inference_model into model_config / model_ckpt / model_exp (where outputs go).
+resolve_model() {
+    local m=$inference_model
+    if [ -z "$m" ]; then
+        if [ -f "$stage2_exp/export/model.ckpt" ]; then m=$stage2_exp
+        elif [ -f "$stage1_exp/export/model.ckpt" ]; then m=$stage1_exp
+        else die "no model: neither $stage2_exp/export nor $stage1_exp/export exists; train (stages 5-6) or pass --inference_model"
+        fi
+    fi
+    if [ -d "$m" ]; then
+        if [ -f "$m/export/config.yaml" ]; then model_config=$m/export/config.yaml; model_exp=$m
+        elif [ -f "$m/config.yaml" ]; then
+            model_config=$m/config.yaml
+            if [ "$(basename "$m")" = export ]; then model_exp=$(dirname "$m"); else model_exp=$expdir/model_$(basename "$m"); fi
+        else die "--inference_model $m: no export/config.yaml or config.yaml inside"
+        fi
+    elif [ -f "$m" ]; then
+        model_config=$m
+        local d; d=$(dirname "$m")
+        if [ "$(basename "$d")" = export ]; then model_exp=$(dirname "$d"); else model_exp=$expdir/model_$(basename "$d"); fi
+    else
+        die "--inference_model $m: not found"
+    fi
+    model_ckpt=$(dirname "$model_config")/model.ckpt
+    [ -f "$model_ckpt" ] || die "$model_ckpt not found next to $model_config"
+    log "  model: $model_config + $model_ckpt (outputs under $model_exp/$inference_tag)"
+}
+
+if run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10 || run_stage 11; then
+    resolve_model
+fi
+if "$gpu_inference"; then _infer_cmd="${cuda_cmd} --gpu 1"; _device=cuda; else _infer_cmd="${decode_cmd}"; _device=cpu; fi
+
+if run_stage 7; then
+    log "Stage 7: tokenize ${test_sets} (xytok encode, ${inference_nj} jobs, device=${_device})"
+    for dset in $test_sets; do
+        dir=$model_exp/$inference_tag/$dset
+        if [ -f "$dir/.encode.done" ]; then log "  $dset: already tokenized"; continue; fi
+        [ -f "$data_feats/$dset/.done" ] || die "$data_feats/$dset not dumped: run stage 2 first"
+        write_exp_run_sh "$model_exp/$inference_tag" 7
+        rm -rf "$dir/codes"; mkdir -p "$dir/codes/logs"
+        _nj=$(min "$inference_nj" "$(wc -l < "$data_feats/$dset/wav.scp")")
+        split_scp "$data_feats/$dset/wav.scp" "$dir/codes/logs" wav "$_nj"
+        # shellcheck disable=SC2086
+        ${_infer_cmd} JOB=1:"$_nj" "$dir/codes/logs/encode.JOB.log" \
+            xytok encode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
+                --no_progress ${inference_args} "$dir/codes/logs/wav.JOB.scp" "$dir/codes/codes.JOB.scp"
+        for i in $(seq "$_nj"); do cat "$dir/codes/codes.$i.scp"; done | LC_ALL=C sort > "$dir/codes.scp"
+        touch "$dir/.encode.done"
+    done
+fi
+
+if run_stage 8; then
+    log "Stage 8: detokenize ${test_sets} (xytok decode, ${inference_nj} jobs, device=${_device})"
+    for dset in $test_sets; do
+        dir=$model_exp/$inference_tag/$dset
+        if [ -f "$dir/.decode.done" ]; then log "  $dset: already detokenized"; continue; fi
+        [ -f "$dir/.encode.done" ] || die "$dir/codes.scp missing: run stage 7 first"
+        rm -rf "$dir/wav"; mkdir -p "$dir/wav/logs"
+        _nj=$(min "$inference_nj" "$(wc -l < "$dir/codes.scp")")
+        split_scp "$dir/codes.scp" "$dir/wav/logs" codes "$_nj"
+        # shellcheck disable=SC2086
+        ${_infer_cmd} JOB=1:"$_nj" "$dir/wav/logs/decode.JOB.log" \
+            xytok decode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
+                --no_progress ${inference_args} "$dir/wav/logs/codes.JOB.scp" "$dir/wav/split.JOB"
+        # One wav.scp over the shards (each shard dir holds its own wav.scp).
+        for i in $(seq "$_nj"); do cat "$dir/wav/split.$i/wav.scp"; done | LC_ALL=C sort > "$dir/wav/wav.scp"
+        touch "$dir/.decode.done"
+    done
+fi
+
+if run_stage 9; then
+    log "Stage 9: scoring (${scoring_metrics}; ASR ${asr_backend}) and RESULTS.md"
+    for dset in $test_sets; do
+        dir=$model_exp/$inference_tag/$dset
+        if [ -f "$dir/.score.done" ]; then log "  $dset: already scored"; continue; fi
+        [ -f "$dir/.decode.done" ] || die "$dir/wav/wav.scp missing: run stage 8 first"
+        rm -rf "$dir/score"; mkdir -p "$dir/score"
+        # shellcheck disable=SC2086
+        ${decode_cmd} --num_threads "$nj" "$dir/score/score.log" \
+            xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav/wav.scp" --text "$data_feats/$dset/text" \
+                --metrics "$scoring_metrics" --asr_backend "$asr_backend" --nj "$nj" --out "$dir/score" ${scoring_args}
+        touch "$dir/.score.done"
+    done
+    # shellcheck disable=SC2086
+    ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \
+        --output RESULTS.md
+    log "  wrote $(pwd)/RESULTS.md"
+fi
+
+if run_stage 10; then
+    log "Stage 10: text-alignment probe -> ${model_exp}/probe"
+    if [ -f "$model_exp/probe/.done" ]; then
+        log "  already probed"
+    else
+        mkdir -p "$model_exp/probe"
+        write_exp_run_sh "$model_exp/probe" 10
+        # shellcheck disable=SC2086
+        ${decode_cmd} "$model_exp/probe/probe.log" \
+            ${python} -m xytok.bin.probe --config "$model_config" --checkpoint "$model_ckpt" \
+                --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
+                --spm_model "$spm_model" --output_dir "$model_exp/probe" ${probe_args}
+        touch "$model_exp/probe/.done"
+    fi
+fi
+
+if run_stage 11; then
+    log "Stage 11: pack the model -> ${model_exp}/packed"
+    mkdir -p "$model_exp/packed"
+    # shellcheck disable=SC2086
+    ${python} -m xytok.bin.pack_model --config "$model_config" --checkpoint "$model_ckpt" \
+        --exp_dir "$model_exp" --output_dir "$model_exp/packed" ${pack_args}
+fi
+
+log "Successfully finished. [elapsed=${SECONDS}s]"

@@ -1,0 +1,3 @@
+# Corpus locations. An environment variable of the same name overrides the value here.
+# LIBRISPEECH: the directory that holds (or will hold, after download) LibriSpeech/<part>/...
+LIBRISPEECH=${LIBRISPEECH:-downloads}

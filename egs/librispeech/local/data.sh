@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# LibriSpeech data preparation (recipe stage 1).
+#   local/data.sh [--parts "dev-clean test-clean train-clean-100"] [--download true|false]
+# Uses parts already present in $LIBRISPEECH/LibriSpeech/<part> and downloads missing ones from
+# OpenSLR resource 12 (resumable, md5-checked, extracted with a .complete marker). Writes Kaldi data
+# dirs data/<part with _> (wav.scp, text, utt2spk, spk2utt), validated. train_960 is made from the
+# three training parts when asked for.
+set -euo pipefail
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/data.sh) $*"; }
+
+parts=              # LibriSpeech parts; default: those named by the run's train/valid/test sets
+download=true       # download missing parts (false: error if a part is missing)
+remove_archive=false  # delete each .tar.gz after extraction
+help_message="Usage: local/data.sh [--parts \"dev-clean test-clean\"] [--download true|false]"
+. utils/parse_options.sh
+. ./db.sh
+. ./path.sh
+
+all_parts="dev-clean dev-other test-clean test-other train-clean-100 train-clean-360 train-other-500"
+declare -A MD5=(  # official md5s (OpenSLR SLR12 md5sum.txt)
+    [dev-clean]=42e2234ba48799c1f50f24a7926300a1    [dev-other]=c8d0bcc9cca99d4f8b62fcc847357931
+    [test-clean]=32fa31d27d2e1cad72775fee3f4849a9   [test-other]=fb5a50374b501bb3bac4815ee91d3135
+    [train-clean-100]=2a93770f6d5c6c964bc36631d331a522
+    [train-clean-360]=c0e676e450a7ff2f54aeade5171606fa
+    [train-other-500]=d1a0fd59409feb2c614ce4d30c387708 )
+mirrors="https://www.openslr.org/resources/12 https://us.openslr.org/resources/12 https://openslr.elda.org/resources/12 https://openslr.magicdatatech.com/resources/12"
+
+want_960=false
+if [ -z "$parts" ]; then
+    # The sets of this run (exported by xytok.sh), with _ turned back into -.
+    for s in ${XYTOK_TRAIN_SET:-train_clean_100} ${XYTOK_VALID_SET:-dev_clean} ${XYTOK_TEST_SETS:-test_clean}; do
+        if [ "$s" = train_960 ]; then want_960=true; parts+=" train-clean-100 train-clean-360 train-other-500"
+        else parts+=" ${s//_/-}"; fi
+    done
+fi
+parts=$(echo $parts | tr ' ' '\n' | awk '!seen[$0]++' | tr '\n' ' ')
+for p in $parts; do
+    [[ " $all_parts " == *" $p "* ]] || { echo "local/data.sh: unknown LibriSpeech part '$p' (known: $all_parts)" >&2; exit 1; }
+done
+
+if [ ! -d "$LIBRISPEECH" ]; then
+    "$download" || { echo "local/data.sh: LIBRISPEECH=$LIBRISPEECH does not exist (set LIBRISPEECH in db.sh or the environment)" >&2; exit 1; }
+    mkdir -p "$LIBRISPEECH"
+fi
+
+for part in $parts; do
+    pdir=$LIBRISPEECH/LibriSpeech/$part
+    marker=$LIBRISPEECH/LibriSpeech/.$part.complete
+    # A part counts as present if we extracted it (marker) or if it is there and no download of ours is half done.
+    if [ -f "$marker" ] || { [ -d "$pdir" ] && [ ! -e "$LIBRISPEECH/$part.tar.gz" ] && [ ! -e "$LIBRISPEECH/$part.tar.gz.part" ]; }; then
+        log "$part: using $pdir"
+    else
+        "$download" || { echo "local/data.sh: $pdir not found and --download false" >&2; exit 1; }
+        log "$part: downloading from OpenSLR (resumable) into $LIBRISPEECH"
+        urls=(); for m in $mirrors; do urls+=(--url "$m/$part.tar.gz"); done
+        rm_opt=(); "$remove_archive" && rm_opt=(--remove_archive)
+        python3 -m xytok.data.download "${urls[@]}" --md5 "${MD5[$part]}" --dest "$LIBRISPEECH/$part.tar.gz" \
+            --extract_to "$LIBRISPEECH" --marker "$marker" "${rm_opt[@]}" \
+            || { echo "local/data.sh: could not get LibriSpeech $part (no network? download it to $LIBRISPEECH/$part.tar.gz or point LIBRISPEECH to an existing tree)" >&2; exit 1; }
+        [ -d "$pdir" ] || { echo "local/data.sh: $LIBRISPEECH/$part.tar.gz did not contain LibriSpeech/$part" >&2; rm -f "$marker"; exit 1; }
+    fi
+    dset=data/${part//-/_}
+    if [ -f "$dset/.done" ]; then
+        log "$part: $dset already prepared"
+        continue
+    fi
+    rm -f "$dset/.done"
+    python3 -m xytok.bin.librispeech_data --corpus_dir "$LIBRISPEECH/LibriSpeech" --part "$part" --out "$dset"
+    utils/validate_data_dir.sh --no-feats "$dset"
+    touch "$dset/.done"
+done
+
+if "$want_960" && [ ! -f data/train_960/.done ]; then
+    utils/combine_data.sh data/train_960 data/train_clean_100 data/train_clean_360 data/train_other_500
+    utils/validate_data_dir.sh --no-feats data/train_960
+    touch data/train_960/.done
+fi
+log "done: $(for p in $parts; do printf 'data/%s ' "${p//-/_}"; done)"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The CPU recipe used by the top-level ./run.sh and CI: a generated corpus (no download), debug-size
+# models. Stages 1-10 end to end in minutes on 2 cores. Options: ./run.sh --help
+set -euo pipefail
+
+train_set=train
+valid_set=dev
+test_sets=test
+
+./xytok.sh \
+    --train_set "$train_set" --valid_set "$valid_set" --test_sets "$test_sets" \
+    --stage1_config conf/train_stage1_debug.yaml --stage2_config conf/train_stage2_debug.yaml \
+    --nbpe 100 --nj 2 --inference_nj 2 --ngpu 0 \
+    --min_wav_duration 0.5 --max_wav_duration 20 \
+    "$@"
