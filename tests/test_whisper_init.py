@@ -15,7 +15,7 @@ if not os.path.isdir(GOLDEN):  # repo-local fallback
 
 
 def tiny_whisper(d_model=64, layers=2, heads=4, ffn=128, seed=0):
-    from transformers import WhisperConfig, WhisperModel
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     torch.manual_seed(seed)
     cfg = WhisperConfig(d_model=d_model, encoder_layers=layers, encoder_attention_heads=heads,
@@ -23,7 +23,8 @@ def tiny_whisper(d_model=64, layers=2, heads=4, ffn=128, seed=0):
                         decoder_ffn_dim=ffn, num_mel_bins=80, max_source_positions=1500,
                         max_target_positions=32, vocab_size=128, pad_token_id=0, bos_token_id=1,
                         eos_token_id=2, decoder_start_token_id=1)
-    model = WhisperModel(cfg).eval()
+    # the layout of the hub's openai/whisper-* checkpoints (model.encoder.* keys)
+    model = WhisperForConditionalGeneration(cfg).eval()
     # non-trivial LayerNorm/bias values so a swapped or skipped tensor shows up
     with torch.no_grad():
         for name, p in model.named_parameters():
