@@ -1,0 +1,92 @@
+"""Write RESULTS.md (paper table layout) at the recipe root from scored decode dirs (recipe stage 9/10).
+
+  python -m xytok.bin.make_results --recipe_dir . --exp_dir exp/stage1_mini/decode --test_sets "test"
+
+Each --exp_dir is <model exp>/<inference_tag> holding <test_set>/score/summary.json (from `xytok score`);
+the probe result is read from <model exp>/probe/probe.json when present. Plots go to
+<exp_dir>/<test_set>/plots/.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("xytok.make_results")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xytok.bin.make_results", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe_dir", default=".", help="recipe root; RESULTS.md is written here")
+    p.add_argument("--exp_dir", "--exp", dest="exp_dirs", action="append", required=True,
+                   help="decode dir <model exp>/<inference_tag> (repeatable: one row per model)")
+    p.add_argument("--name", dest="names", action="append", default=None,
+                   help="row label per --exp_dir (default: the model exp dir's name)")
+    p.add_argument("--test_sets", default=None,
+                   help="space-separated test sets (default: every <exp_dir>/*/score/summary.json)")
+    p.add_argument("--output", default="RESULTS.md", help="output file (relative paths are under --recipe_dir)")
+    p.add_argument("--no_plots", action="store_true", help="skip histograms / spectrogram")
+    p.add_argument("--title", default="RESULTS")
+    return p
+
+
+def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -> list[dict]:
+    from xytok.eval.results import codec_info, find_config, find_probe, load_json
+
+    sets = test_sets or sorted(p.parent.parent.name for p in exp_dir.glob("*/score/summary.json"))
+    probe = find_probe(exp_dir)
+    info = codec_info(find_config(exp_dir, probe))
+    entries = []
+    for ts in sets:
+        score_dir = exp_dir / ts / "score"
+        summary = load_json(score_dir / "summary.json")
+        if summary is None:
+            log.warning("%s: no summary.json (run stage 9 / xytok score first); skipped", score_dir)
+            continue
+        written = []
+        if plots:
+            from xytok.eval.inputs import resolve_audio_list
+            from xytok.eval.plots import plots_for_score_dir
+
+            try:
+                inp = summary.get("inputs", {})
+                written = plots_for_score_dir(score_dir, resolve_audio_list(inp["ref"]),
+                                              resolve_audio_list(inp["hyp"]), exp_dir / ts / "plots", f"{name} {ts}")
+            except (OSError, KeyError, ValueError) as e:
+                log.warning("%s: plots skipped (%s)", score_dir, e)
+        entries.append({"name": name, "test_set": ts, "summary": summary, "probe": probe, "info": info,
+                        "plots": [os.path.relpath(p, recipe_dir) for p in written]})
+    return entries
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from xytok.eval.results import write_results_md
+
+    recipe_dir = Path(args.recipe_dir)
+    names = args.names or []
+    if names and len(names) != len(args.exp_dirs):
+        print("make_results: give one --name per --exp_dir", file=sys.stderr)
+        return 2
+    test_sets = args.test_sets.split() if args.test_sets else None
+    entries = []
+    for i, d in enumerate(args.exp_dirs):
+        exp_dir = Path(d)
+        name = names[i] if names else exp_dir.resolve().parent.name
+        entries += gather(exp_dir, test_sets, name, recipe_dir, not args.no_plots)
+    if not entries:
+        print("make_results: no scored test sets found under " + ", ".join(args.exp_dirs), file=sys.stderr)
+        return 1
+    output = Path(args.output) if Path(args.output).is_absolute() else recipe_dir / args.output
+    text = write_results_md(output, entries, args.title)
+    print(text.split("### Protocol")[0])
+    log.info("wrote %s", output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""RESULTS.md in the paper's table layout, from scoring dirs (summary.json) and probe dirs (probe.json).
+
+Columns: Codec | BPS | Frame rate | WER | SIM | STOI | PESQ-NB | PESQ-WB | WER (recon) | N
+- WER = text-alignment probe WER (fraction, as the paper prints it; trained on the recipe's train set,
+  measured on its valid set);
+- WER (recon) = corpus WER (%) of the ASR on the reconstructions against the reference transcripts;
+- ground truth row = the reference audio through the same ASR; signal metrics of ref vs ref are
+  trivial and left as "—".
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+COLUMNS = ["Codec", "BPS", "Frame rate", "WER", "SIM", "STOI", "PESQ-NB", "PESQ-WB", "WER (recon)", "N"]
+DASH = "—"
+
+# arXiv v1 main table (../shared/notes/paper.md §6.2; WER = probe WER on dev-clean, as fractions).
+PAPER_TABLE = [
+    # codec, bps, frame rate, WER, SIM, STOI, PESQ-NB, PESQ-WB
+    ("DAC-8", "6k", "75", 0.74, 0.88, 0.95, 3.79, 3.46),
+    ("SpeechTokenizer", "4k", "50", 0.20, 0.84, 0.92, 3.05, 2.60),
+    ("Mimi-32", "4.4k", "12.5", 0.28, 0.93, 0.96, 3.79, 3.42),
+    ("DAC-2", "1.5k", "75", 0.98, 0.49, 0.83, 1.91, 1.51),
+    ("BigCodec", "1.04k", "80", 0.49, 0.84, 0.93, 3.26, 2.68),
+    ("SpeechTokenizer-x1", "1.5k", "50", 0.34, 0.65, 0.88, 2.58, 2.10),
+    ("SpeechTokenizer-x2", "1.5k", "50", 0.22, 0.60, 0.86, 2.35, 1.87),
+    ("SpeechTokenizer-x3", "1.5k", "50", 0.18, 0.48, 0.83, 1.95, 1.53),
+    ("Mimi-8", "1.1k", "12.5", 0.28, 0.73, 0.90, 2.79, 2.24),
+    ("Baichuan Audio Tokenizer", "1.075k", "12.5", 0.10, 0.70, 0.88, 2.45, 1.93),
+    ("XCodec2.0", "0.8k", "50", 0.30, 0.82, 0.91, 3.03, 2.43),
+    ("XY-Tokenizer", "1k", "12.5", 0.13, 0.83, 0.91, 3.00, 2.41),
+]
+PAPER_SOURCE = ("Gong et al., arXiv 2506.23325 v1 main table (LibriSpeech; WER = probe WER on dev-clean, "
+                "SIM/STOI/PESQ on test-clean)")
+
+
+def codec_info(config_path) -> dict:
+    """Bit rate and frame rate from a released-format config (None when no config is found)."""
+    if not config_path or not Path(config_path).is_file():
+        return {"bps": None, "frame_rate": None, "nq": None, "codebook_size": None}
+    cfg = yaml.safe_load(Path(config_path).read_text())
+    g = cfg.get("generator_params", cfg)
+    q = g["quantizer_kwargs"]
+    enc = g["semantic_encoder_kwargs"]
+    sr = g.get("sample_rate", 16000)
+    # mel hop x encoder conv stride x downsample factor
+    hop = enc.get("hop_length", 160) * enc.get("stride_size", 2) * g["downsample_kwargs"].get("avg_pooler", 4)
+    frame_rate = sr / hop
+    bps = q["num_quantizers"] * math.log2(q["codebook_size"]) * frame_rate
+    return {"bps": bps, "frame_rate": frame_rate, "nq": q["num_quantizers"], "codebook_size": q["codebook_size"]}
+
+
+def _fmt_bps(bps):
+    if bps is None:
+        return "?"
+    return f"{bps / 1000:g}k" if bps >= 1000 else f"{bps:g}"
+
+
+def _f(x, nd=2):
+    return DASH if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def _metric(summary, m):
+    s = summary.get("metrics", {}).get(m)
+    return None if s is None else s.get("mean")
+
+
+def load_json(path):
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def find_probe(exp_dir: Path) -> dict | None:
+    """Probe results of the model whose decode dir is exp_dir (= <model_exp>/<inference_tag>)."""
+    for cand in (exp_dir / "probe" / "probe.json", exp_dir.parent / "probe" / "probe.json"):
+        if cand.is_file():
+            return json.loads(cand.read_text())
+    return None
+
+
+def find_config(exp_dir: Path, probe: dict | None) -> str | None:
+    cands = [probe.get("model_config")] if probe else []
+    cands += [exp_dir.parent / "export" / "config.yaml", exp_dir.parent / "config.yaml", exp_dir / "config.yaml"]
+    for c in cands:
+        if c and Path(c).is_file():
+            return str(c)
+    return None
+
+
+def model_row(name, summary, probe, info) -> dict:
+    wer = summary.get("wer", {})
+    recon = wer.get(wer.get("primary") or "", {})
+    n = max((s.get("n_scored", 0) for s in summary.get("metrics", {}).values()), default=0)
+    if recon:
+        n = max(n, recon.get("n_utts", 0))
+    return {
+        "Codec": name, "BPS": _fmt_bps(info["bps"]),
+        "Frame rate": DASH if info["frame_rate"] is None else f"{info['frame_rate']:g}",
+        "WER": _f(probe["wer"]) if probe else DASH,
+        "SIM": _f(_metric(summary, "sim")), "STOI": _f(_metric(summary, "stoi")),
+        "PESQ-NB": _f(_metric(summary, "pesq_nb")), "PESQ-WB": _f(_metric(summary, "pesq_wb")),
+        "WER (recon)": f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
+        "N": str(n),
+    }
+
+
+def ground_truth_row(summary) -> dict | None:
+    gt = summary.get("wer", {}).get("ref_vs_text")
+    if not gt:
+        return None
+    row = {c: DASH for c in COLUMNS}
+    row.update({"Codec": "ground truth", "BPS": "256k (16-bit PCM)", "Frame rate": DASH,
+                "WER (recon)": f"{100 * gt['rate']:.2f}%" if gt.get("rate") is not None else DASH,
+                "N": str(gt.get("n_utts", 0))})
+    return row
+
+
+def markdown_table(rows, columns=COLUMNS) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(str(r.get(c, DASH)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def ci_lines(name, summary) -> list[str]:
+    out = []
+    for m, s in summary.get("metrics", {}).items():
+        if s.get("mean") is None:
+            out.append(f"- {name} {m}: no scored utterances ({s.get('n_failed', 0)} failed)")
+            continue
+        lo, hi = s["ci95"]
+        ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "n/a (N=1)"
+        out.append(f"- {name} {m}: {s['mean']:.3f}, 95% CI {ci}, N={s['n_scored']}, failed {s['n_failed']}")
+    for k, label in (("recon_vs_text", "WER recon vs text"), ("ref_vs_text", "WER ground truth vs text"),
+                     ("recon_vs_asr_ref", "WER recon vs ASR(ref)")):
+        c = summary.get("wer", {}).get(k)
+        if c:
+            out.append(f"- {name} {label}: `{c['kaldi']}` ({c['n_utts']} utts)")
+    return out
+
+
+def protocol_lines(summary, probe, test_set) -> list[str]:
+    p = summary.get("protocol", {})
+    v = summary.get("versions", {})
+    wer = summary.get("wer", {})
+    sim = summary.get("sim", {})
+    la = summary.get("length_alignment", {})
+    lines = [
+        f"- Test set: `{test_set}`, {summary.get('n_utts', '?')} reference utterances "
+        f"(`{summary.get('inputs', {}).get('ref', '?')}`); failures are excluded from means and counted "
+        f"({summary.get('n_utts_with_failure', 0)} utterances with at least one failed metric).",
+        f"- Sample rate: {p.get('sample_rate', 16000)} Hz for all metrics; resampling: {p.get('resampling', '?')}.",
+        f"- Length alignment: {p.get('length_alignment', '?')} "
+        f"({la.get('n_utts_cut', 0)} utterances cut, max {la.get('max_samples_cut', 0)} samples).",
+        f"- PESQ-WB: `{p.get('pesq_wb', '?')}`; PESQ-NB: `{p.get('pesq_nb', '?')}`; pesq {v.get('pesq')}.",
+        f"- STOI: `{p.get('stoi', '?')}`; ESTOI: `{p.get('estoi', '?')}`; pystoi {v.get('pystoi')}.",
+        f"- SIM: {p.get('sim', 'cosine of speaker embeddings')}, backend `{sim.get('backend', DASH)}` "
+        f"(model `{sim.get('model', DASH)}`; resemblyzer {v.get('resemblyzer')}, transformers {v.get('transformers')}).",
+    ]
+    if wer:
+        lines.append(f"- WER (recon): ASR `{wer.get('asr_backend')}` (model `{wer.get('asr_model')}`), "
+                     f"{p.get('wer', 'corpus WER')}; jiwer {v.get('jiwer')}; normaliser "
+                     f"{wer.get('normalizer_description', wer.get('normalizer'))}; "
+                     f"{wer.get('n_failed', 0)} utterances failed ASR.")
+    if probe:
+        pc = probe.get("probe_config", {})
+        lines.append(f"- WER (probe): {probe.get('features')}; {pc.get('num_layers')}-layer BiLSTM "
+                     f"(width {pc.get('hidden')}) + character CTC, {pc.get('epochs')} epochs, lr {pc.get('lr')}, "
+                     f"seed {pc.get('seed')}; trained on `{probe.get('train_data')}` ({probe.get('n_train')} utts), "
+                     f"WER on `{probe.get('valid_data')}` ({probe.get('n_valid')} utts), {probe.get('decoding')}; "
+                     f"printed as a fraction like the paper (`{probe['wer_counts']['kaldi']}`).")
+    else:
+        lines.append("- WER (probe): not run yet (recipe stage 10).")
+    lines.append(f"- Confidence intervals: {p.get('ci', '?')}.")
+    lines.append(f"- torch {v.get('torch')}, numpy {v.get('numpy')}, scipy {v.get('scipy')}, "
+                 f"Python {platform.python_version()}.")
+    return lines
+
+
+def write_results_md(output, entries, title="RESULTS") -> str:
+    """entries: list of dicts {name, test_set, summary, probe, info, plots}. Grouped by test set."""
+    by_set: dict = {}
+    for e in entries:
+        by_set.setdefault(e["test_set"], []).append(e)
+    out = [f"# {title}", "",
+           f"Generated by `python -m xytok.bin.make_results` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
+           "Paper layout (Gong et al., arXiv 2506.23325, main table) plus `WER (recon)` and `N`.", ""]
+    for test_set, es in by_set.items():
+        rows = [model_row(e["name"], e["summary"], e["probe"], e["info"]) for e in es]
+        gt = ground_truth_row(es[0]["summary"])
+        if gt:
+            rows.append(gt)
+        out += [f"## {test_set}", "", markdown_table(rows), "",
+                "WER = text-alignment probe WER (fraction); WER (recon) = ASR on reconstructions vs the "
+                "reference transcripts (%); ground truth = reference audio through the same ASR "
+                "(its SIM/STOI/PESQ vs itself are trivial: —).", "", "### Protocol", ""]
+        out += protocol_lines(es[0]["summary"], es[0]["probe"], test_set)
+        out += ["", "### Means with 95% confidence intervals", ""]
+        for e in es:
+            out += ci_lines(e["name"], e["summary"])
+        plots = [p for e in es for p in e.get("plots", [])]
+        if plots:
+            out += ["", "### Plots", ""] + [f"- `{p}`" for p in plots]
+        out.append("")
+    text = "\n".join(out)
+    Path(output).write_text(text, encoding="utf-8")
+    return text
+
+
+def comparison_table(entries, with_paper=True) -> str:
+    """One table: our scored models (any test sets) and the paper's rows alongside."""
+    cols = ["Source"] + COLUMNS
+    rows = []
+    for e in entries:
+        r = model_row(e["name"], e["summary"], e["probe"], e["info"])
+        r["Source"] = f"ours ({e['test_set']})"
+        rows.append(r)
+        gt = ground_truth_row(e["summary"])
+        if gt:
+            gt["Source"] = f"ours ({e['test_set']})"
+            rows.append(gt)
+    if with_paper:
+        for codec, bps, fr, wer, sim, stoi, nb, wb in PAPER_TABLE:
+            rows.append({"Source": "paper", "Codec": codec, "BPS": bps, "Frame rate": fr, "WER": _f(wer),
+                         "SIM": _f(sim), "STOI": _f(stoi), "PESQ-NB": _f(nb), "PESQ-WB": _f(wb),
+                         "WER (recon)": DASH, "N": DASH})
+    text = markdown_table(rows, cols)
+    if with_paper:
+        text += f"\n\npaper: {PAPER_SOURCE}. Our protocol: see each RESULTS.md / summary.json."
+    return text
