@@ -1,0 +1,1 @@
+"""Data handling: Kaldi data directories (datadir), downloads (download)."""

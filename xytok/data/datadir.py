@@ -359,15 +359,15 @@ def validate(path: str, no_feats: bool = False, no_text: bool = False, check_aud
         if bad:
             problems.append(f"{P('spk2utt')}: does not match utt2spk for speaker(s) "
                             f"{_examples(bad)} (run utils/fix_data_dir.sh)")
-    prev_spk = None
+    prev_utt = None
     for u in sorted_ids(utt2spk):
         s = utt2spk[u]
-        if prev_spk is not None and byte_key(s) < byte_key(prev_spk):
-            problems.append(f"{P('utt2spk')}: utterance '{u}' (speaker '{s}') sorts after a "
-                            f"speaker '{prev_spk}' utterance: speaker and utterance orders differ "
-                            f"(prefix utterance ids with the speaker id)")
+        if prev_utt is not None and byte_key(s) < byte_key(utt2spk[prev_utt]):
+            problems.append(f"{P('utt2spk')}: utterance '{u}' (speaker '{s}') sorts after "
+                            f"'{prev_utt}' (speaker '{utt2spk[prev_utt]}'): speaker and utterance "
+                            f"orders differ (prefix utterance ids with the speaker id)")
             break
-        prev_spk = s
+        prev_utt = u
 
     # required files
     if "wav.scp" not in d.tables and "feats.scp" not in d.tables:
