@@ -15,6 +15,8 @@ SCRIPT = textwrap.dedent("""\
     stop_stage=100    # last stage to run
     use_gpu=false     # whether to use a GPU
     stage1_args=""    # extra training arguments
+    SECONDS=0
+    _private="$*"
     help_message=$(cat <<EOF
     Usage: $0 [options] <data>
     not_an_option=1
@@ -105,6 +107,7 @@ def test_help_lists_options_with_defaults(script, tmp_path):
         assert f'(default: "{default}")' in line and comment in line
     # the heredoc body of help_message is not an option, nor help_message itself
     assert "--not_an_option" not in out and "--help_message" not in out
+    assert "--SECONDS" not in out and "--_private" not in out
     r2, _ = run(script, "-h")
     assert r2.returncode == 0 and "--stop_stage" in r2.stdout
 

@@ -23,6 +23,7 @@ __po_die() {
 
 # Print "  --name (default: "value")  # comment" for each `name=value` assignment written at the
 # top level of the caller above the line that sources this file (heredoc bodies are skipped).
+# Names starting with _ and ALL_CAPS names (SECONDS=0, ...) are internal and not listed.
 __po_print_help() {
     if [ -n "${help_message:-}" ]; then
         echo "$help_message"
@@ -45,7 +46,8 @@ __po_print_help() {
             }
             /^[A-Za-z_][A-Za-z_0-9]*=/ {
                 name = $0; sub(/=.*/, "", name)
-                if (name == "help_message" || name in seen) next
+                # not listed: help_message, private _names, ALL_CAPS shell/environment variables
+                if (name == "help_message" || name ~ /^_/ || name !~ /[a-z]/ || name in seen) next
                 seen[name] = 1
                 comment = ""
                 if (match($0, /[ \t]#[ \t]*/)) { comment = substr($0, RSTART + RLENGTH) }
