@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections import OrderedDict
-from typing import Dict, Iterable, Tuple, Union
+from typing import Dict, Iterable, Tuple
 
 import torch
 
@@ -54,7 +55,6 @@ def hf_to_ours(hf_key: str) -> str:
 
 def _import_transformers():
     try:
-        import transformers  # noqa: F401
         from transformers import WhisperModel
     except ImportError as e:
         raise ImportError("Whisper initialisation needs Hugging Face transformers: "
@@ -190,7 +190,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from xytok.codec import load_codec
 
-    codec = load_codec(args.config, args.checkpoint)
+    try:
+        codec = load_codec(args.config, args.checkpoint)
+    except Exception as e:  # bad config / checkpoint mismatch: one clear message
+        logger.error("cannot build the model from %s (checkpoint %s): %s", args.config, args.checkpoint, e)
+        return 1
     try:
         report = load_whisper_encoder_into(codec, args.whisper, tuple(t for t in args.towers.split(",") if t))
     except (WhisperInitError, ImportError) as e:
@@ -198,8 +202,6 @@ def main(argv=None) -> int:
         return 1
     tmp = args.output + ".tmp"
     torch.save({"generator": codec.state_dict()}, tmp)
-    import os
-
     os.replace(tmp, args.output)
     logger.info("wrote %s (towers %s from %s)", args.output, ", ".join(report["towers"]), report["source"])
     return 0
