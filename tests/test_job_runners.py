@@ -118,6 +118,11 @@ def fake_slurm(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "sbatch").write_text(FAKE_SBATCH)
     (bin_dir / "squeue").write_text("#!/bin/sh\nexit 0\n")  # the job has left the queue
+    (bin_dir / "scontrol").write_text("#!/bin/sh\necho node-a\necho node-b\n")
+    # fake srun: run the command once per task with SLURM_PROCID set
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nn=1\nwhile [ "${1#--}" != "$1" ]; do '
+                                  'case $1 in --ntasks=*) n=${1#--ntasks=};; esac; shift; done\n'
+                                  'for i in $(seq 0 $((n - 1))); do SLURM_PROCID=$i "$@" || exit; done\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_DIR=str(tmp_path),
@@ -188,3 +193,15 @@ def test_slurm_pl_submission_failure(fake_slurm):
     (work.parent / "fakebin/sbatch").write_text("#!/bin/sh\necho 'sbatch: error: invalid partition' >&2\nexit 1\n")
     r = call("slurm.pl", "log/x.log", "true", cwd=work, env=env)
     assert r.returncode == 1 and "invalid partition" in r.stderr
+
+
+def test_slurm_pl_multi_node_runs_once_per_node(fake_slurm):
+    work, env = fake_slurm
+    r = call("slurm.pl", "--gpu", "4", "--num_nodes", "2", "log/train.log",
+             'echo "rank $SLURM_PROCID master $MASTER_ADDR"', cwd=work, env=env)
+    assert r.returncode == 0, r.stderr
+    args = sbatch_args(work)
+    assert "--nodes" in args and args[args.index("--nodes") + 1] == "2"
+    assert "--gres=gpu:4" in args
+    log = (work / "log/train.log").read_text().splitlines()
+    assert "rank 0 master node-a" in log and "rank 1 master node-a" in log

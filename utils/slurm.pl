@@ -10,6 +10,8 @@ log/q/. Options are mapped to sbatch flags by the config file (Kaldi format, see
 utils/slurm.conf); the default is conf/slurm.conf if it exists, else utils/slurm.conf. Waits by
 polling the status files (and `squeue` to notice tasks that died without writing one), then
 exits 1 if any task failed, naming the failed tasks and their logs.
+With --num_nodes N > 1 (mapped to sbatch --nodes by the config) the command runs once per node
+through srun, with MASTER_ADDR (first node of the job) and MASTER_PORT exported.
 Environment: XYTOK_SLURM_POLL (seconds between polls, default 10),
 XYTOK_SLURM_GRACE (seconds to wait for status files after the job left the queue, default 60).
 """
@@ -104,7 +106,7 @@ log={log}
   echo "#"
 }} >"$log"
 start=$(date +%s)
-bash -c "$cmd" </dev/null >>"$log" 2>&1
+{launch}"$cmd" </dev/null >>"$log" 2>&1
 ret=$?
 end=$(date +%s)
 echo "# Accounting: time=$((end - start)) threads={nthreads}" >>"$log"
@@ -127,12 +129,23 @@ def write_job_script(spec, qdir, base):
         log=q(os.path.abspath(spec.logfile)), subst=subst,
         threads=(f"export OMP_NUM_THREADS={q(threads)} MKL_NUM_THREADS={q(threads)}\n"
                  if threads else ""),
-        nthreads=threads or 1, status=q(status))
+        nthreads=threads or 1, status=q(status), launch=_launcher(spec))
     script = os.path.join(qdir, base + ".sh")
     with open(script, "w") as f:
         f.write(text)
     os.chmod(script, 0o755)
     return script, status
+
+
+def _launcher(spec):
+    """bash -c, or with --num_nodes N > 1 one srun task per node (each runs the command, e.g. a
+    torchrun launcher) with MASTER_ADDR set to the job's first node for the rendezvous."""
+    nodes = jobrunner.int_option(spec, "num_nodes", PROG, 1)
+    if nodes <= 1:
+        return "bash -c "
+    return ('export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
+            '| head -n 1)}\nexport MASTER_PORT=${MASTER_PORT:-29500}\n'
+            f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 bash -c ")
 
 
 def job_in_queue(job_id):
