@@ -1,5 +1,6 @@
 # Environment for a recipe; sourced from egs/<corpus> by xytok.sh (and by you, for manual commands).
-MAIN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# (readlink -f: recipes link path.sh from egs/TEMPLATE, possibly from outside the repo)
+MAIN_ROOT=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../.." && pwd)
 # The venv that tools/install.sh makes; a user's own activated environment works too.
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "$MAIN_ROOT/tools/venv/bin/activate" ]; then
     # shellcheck disable=SC1091

@@ -1,0 +1,45 @@
+"""Shared helpers for the recipe tests: a throw-away copy of egs/<corpus> and a runner."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_recipe(tmp: Path, corpus: str) -> Path:
+    """egs/<corpus> laid out under tmp (outputs go there, not into the repo), linking shared parts."""
+    src = REPO / "egs" / corpus
+    d = tmp / corpus
+    d.mkdir(parents=True)
+    for name in ("run.sh", "db.sh"):
+        shutil.copy2(src / name, d / name)
+    for name in ("local", "conf"):
+        os.symlink(src / name, d / name)
+    os.symlink(REPO / "utils", d / "utils")
+    for name in ("xytok.sh", "path.sh", "cmd.sh"):
+        os.symlink(REPO / "egs" / "TEMPLATE" / name, d / name)
+    return d
+
+
+def run(cmd, cwd, env_extra=None, timeout=600):
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)  # let path.sh pick tools/venv
+    env.update({"OMP_NUM_THREADS": "1", "XYTOK_CMD_BACKEND": "local"})
+    env.update(env_extra or {})
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+                          shell=isinstance(cmd, str))
+
+
+def read_kv(path: Path) -> dict:
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        k, _, v = line.partition(" ")
+        out[k] = v
+    return out
+
+
+def assert_c_sorted(path: Path) -> None:
+    keys = [line.split(" ", 1)[0] for line in Path(path).read_text().splitlines()]
+    assert keys == sorted(keys, key=str.encode), f"{path} is not sorted in C order"
+    assert len(keys) == len(set(keys)), f"{path} has duplicate keys"
