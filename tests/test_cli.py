@@ -202,3 +202,19 @@ def test_unknown_and_unavailable_subcommands(monkeypatch, capsys):
     monkeypatch.setitem(cli.SUBCOMMANDS, "future", ("xytok.bin.not_written_yet", "later"))
     assert cli.main(["future", "--help"]) == 2
     assert "module xytok.bin.not_written_yet is not part of this installation" in capsys.readouterr().err
+
+
+def test_long_file_matches_official_golden_codes(tmp_path):
+    """45 s clip (chunked: 30 s windows, 10 s look-ahead) through the CLI = the official encode/decode."""
+    expected = np.load(os.path.join(GOLDEN, "expected_long.npz"))
+    src = tmp_path / "in"
+    src.mkdir()
+    os.symlink(os.path.join(GOLDEN, "input_long.wav"), src / "long.wav")
+    assert run(["encode", *MODEL, src, tmp_path / "codes"]) == 0
+    codes = np.load(tmp_path / "codes" / "long.npy")
+    np.testing.assert_array_equal(codes, expected["codes_list_0"])
+    assert run(["decode", *MODEL, tmp_path / "codes", tmp_path / "wav"]) == 0
+    y, _ = sf.read(str(tmp_path / "wav" / "long.wav"), dtype="float32")
+    ref = np.clip(expected["syn_wav_list_0"], -1, 1)
+    assert y.shape == ref.shape
+    assert np.max(np.abs(y - ref)) <= 1.0 / 32768 + 1e-4  # PCM_16 rounding + the 1e-4 model tolerance
