@@ -196,6 +196,13 @@ def test_split_scp(data, tmp_path):
     r = call("split_scp.pl", f"--utt2spk={data}/utt2spk", data / "wav.scp", *outs)
     assert r.returncode == 0, r.stderr
     assert [{l[:2] for l in lines(o)} for o in outs] == [{"s1"}, {"s2"}, {"s3"}]
+    # lines are copied verbatim and need not be sorted (Kaldi's behaviour)
+    (tmp_path / "raw.scp").write_text("b\tx  y\na 1\nc 2\n")
+    r = call("split_scp.pl", tmp_path / "raw.scp", tmp_path / "r1", tmp_path / "r2")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r1").read_text() == "b\tx  y\na 1\n" and lines(tmp_path / "r2") == ["c 2"]
+    r = call("split_scp.pl", tmp_path / "raw.scp", *[tmp_path / f"o{i}" for i in range(4)])
+    assert r.returncode == 1 and "3 lines into 4" in r.stderr
 
 
 def test_split_by_group_balances():

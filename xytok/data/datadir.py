@@ -734,19 +734,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif a.cmd == "split":
             split_data(a.data, a.n, a.per_spk)
         elif a.cmd == "split-scp":
-            problems: List[str] = []
-            table = read_table(a.input, problems)
-            if problems:
-                raise DataDirError("; ".join(problems[:3]))
-            keys = list(table)
+            # Lines are copied verbatim and need not be sorted (as Kaldi's split_scp.pl).
+            with open(a.input, encoding="utf-8") as fi:
+                raw = [line for line in fi if line.strip()]
+            keys = [line.split()[0] for line in raw]
             if a.utt2spk:
-                parts = split_by_group(keys, read_table(a.utt2spk), len(a.outputs))
+                utt2spk = read_table(a.utt2spk)
+                missing = [k for k in keys if k not in utt2spk]
+                if missing:
+                    raise DataDirError(f"{a.utt2spk}: no speaker for {_examples(missing)} of {a.input}")
+                parts = split_by_group(keys, utt2spk, len(a.outputs))
             else:
                 parts = split_even(keys, len(a.outputs))
+            start = 0  # parts are contiguous: copy the same number of raw lines to each output
             for out, part in zip(a.outputs, parts):
                 with open(out, "w", encoding="utf-8") as fo:
-                    for k in part:
-                        fo.write(f"{k} {table[k]}\n" if table[k] else f"{k}\n")
+                    for line in raw[start:start + len(part)]:
+                        fo.write(line if line.endswith("\n") else line + "\n")
+                start += len(part)
         elif a.cmd == "filter-duration":
             filter_by_duration(a.src, a.dst, a.min, a.max, a.fs, log=err)
         elif a.cmd == "subset":
