@@ -115,7 +115,7 @@ def test_corrupt_empty_nan_missing_raise_naming_the_file(tmp_path):
 
 
 def test_list_audio_dir_sorted_by_stem(tmp_path):
-    for name in ["b.wav", "a.flac", "B.wav", "notes.txt"]:
+    for name in ["b.wav", "a.flac", "B.wav", "notes.txt", ".b.tmp123.wav"]:
         p = str(tmp_path / name)
         if name.endswith(".txt"):
             open(p, "w").write("x")

@@ -197,7 +197,7 @@ def list_audio_dir(directory: str) -> "OrderedDict[str, str]":
     found = {}
     for name in os.listdir(directory):
         full = os.path.join(directory, name)
-        if not is_audio_file(full):
+        if name.startswith(".") or not is_audio_file(full):  # hidden/temp files (e.g. write_wav's)
             continue
         stem = os.path.splitext(name)[0]
         if stem in found:
