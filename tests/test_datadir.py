@@ -258,6 +258,15 @@ def test_copy_combine_subset(data, tmp_path):
     r = call("subset_data_dir.sh", "--utt-list", tmp_path / "keep", data, tmp_path / "sub")
     assert r.returncode == 0, r.stderr
     assert lines(tmp_path / "sub" / "spk2utt") == ["s1 s1-u2", "s3 s3-u0"]
+    r = call("subset_data_dir.sh", data, 3, tmp_path / "even")
+    assert r.returncode == 0, r.stderr
+    assert [l.split()[0] for l in lines(tmp_path / "even" / "text")] == ["s1-u0", "s2-u0", "s3-u0"]
+    r = call("subset_data_dir.sh", "--last", data, 2, tmp_path / "last")
+    assert r.returncode == 0, r.stderr
+    assert lines(tmp_path / "last" / "spk2utt") == ["s3 s3-u1 s3-u2"]
+    write(tmp_path / "bad", ["nope"])
+    r = call("subset_data_dir.sh", "--utt-list", tmp_path / "bad", data, tmp_path / "x2")
+    assert r.returncode == 1 and "nope" in r.stderr
 
 
 def test_segments_dirs_keep_their_recordings(tmp_path):

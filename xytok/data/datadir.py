@@ -651,6 +651,17 @@ def combine(dst: str, srcs: Sequence[str], log=print) -> int:
     return len(owner)
 
 
+def subset_ids(utts: Sequence[str], n: int, how: str = "even") -> List[str]:
+    """n utterances: the first, the last, or evenly spaced over the (sorted) list."""
+    if n >= len(utts):
+        return list(utts)
+    if how == "first":
+        return list(utts[:n])
+    if how == "last":
+        return list(utts[-n:])
+    return [utts[(i * len(utts)) // n] for i in range(n)]
+
+
 def filter_lines(lines: Iterable[str], ids: set, exclude: bool = False, field: int = 1):
     for line in lines:
         f = line.split()
@@ -696,10 +707,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fd.add_argument("--fs", type=int, default=16000, help="sample rate of utt2num_samples")
     fd.add_argument("src")
     fd.add_argument("dst")
-    su = sub.add_parser("subset", help="copy the utterances listed in a file")
-    su.add_argument("--utt-list", "--utt_list", required=True)
-    su.add_argument("src")
-    su.add_argument("dst")
+    su = sub.add_parser("subset", usage="subset [--first | --last] <src> <N> <dst> | "
+                        "subset --utt-list FILE <src> <dst>",
+                        help="copy the utterances listed in a file, or N of them (evenly spaced, "
+                             "or the first/last N)")
+    su.add_argument("--utt-list", "--utt_list")
+    su.add_argument("--first", action="store_true")
+    su.add_argument("--last", action="store_true")
+    su.add_argument("args", nargs="+", metavar="src [N] dst")
     c = sub.add_parser("copy", help="copy a data dir, optionally prefixing ids")
     for opt in ("utt-prefix", "utt-suffix", "spk-prefix", "spk-suffix"):
         c.add_argument(f"--{opt}", f"--{opt.replace('-', '_')}", default="")
@@ -755,9 +770,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif a.cmd == "filter-duration":
             filter_by_duration(a.src, a.dst, a.min, a.max, a.fs, log=err)
         elif a.cmd == "subset":
-            with open(a.utt_list, encoding="utf-8") as fl:
-                keep = [line.split()[0] for line in fl if line.strip()]
-            DataDir.load(a.src).subset(keep).write(a.dst)
+            if a.utt_list and len(a.args) == 2:
+                src, dst = a.args
+                with open(a.utt_list, encoding="utf-8") as fl:
+                    keep = [line.split()[0] for line in fl if line.strip()]
+                d = DataDir.load(src)
+            elif not a.utt_list and len(a.args) == 3 and a.args[1].isdigit():
+                src, n, dst = a.args[0], int(a.args[1]), a.args[2]
+                d = DataDir.load(src)
+                keep = subset_ids(d.utt_ids(), n, "first" if a.first else "last" if a.last else "even")
+            else:
+                raise DataDirError("usage: subset --utt-list FILE <src> <dst>  or  "
+                                   "subset [--first|--last] <src> <N> <dst>")
+            unknown = [u for u in keep if u not in d.utt2spk]
+            if unknown:
+                raise DataDirError(f"{src}: {len(unknown)} listed utterance(s) not in the data dir: "
+                                   f"{_examples(unknown)}")
+            d.subset(keep).write(dst)
         elif a.cmd == "copy":
             copy_data_dir(a.src, a.dst, a.utt_prefix, a.utt_suffix, a.spk_prefix, a.spk_suffix)
         elif a.cmd == "combine":
