@@ -1,0 +1,123 @@
+"""Text-alignment probe: CTC vocabulary/decoding, learning from informative features, CLI + cache."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xytok.eval.probe import CharVocab, ProbeConfig, extract_zq, resolve_model, train_and_evaluate
+
+GOLDEN = Path("/work/shared/golden/tiny_a")
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def test_vocab_greedy_decode():
+    v = CharVocab(["ab c", "ca"])
+    assert v.chars == [" ", "a", "b", "c"] and len(v) == 5
+    ids = [0, 2, 2, 0, 2, 3, 1, 1, 4, 0]  # a a(blank)a b ' ' c -> "aab c"
+    assert v.greedy_decode(ids) == "aab c"
+    assert v.encode("abz") == [2, 3]  # unknown characters are dropped
+
+
+def _synthetic(n, informative, rng, words=("ab", "ba", "cab", "bc")):
+    """Utterances of random words; features one-hot per character (12.5 Hz) if informative, else noise."""
+    alphabet = " abc"
+    items, text = [], {}
+    for i in range(n):
+        t = " ".join(rng.choice(words) for _ in range(3))
+        f = np.zeros((len(t), 4), np.float32)
+        if informative:
+            f[np.arange(len(t)), [alphabet.index(c) for c in t]] = 1.0
+        f += 0.05 * rng.standard_normal(f.shape).astype(np.float32)
+        items.append((f"u{i:03d}", f))
+        text[f"u{i:03d}"] = t
+    return items, text
+
+
+def test_probe_learns_text_from_informative_features():
+    torch.set_num_threads(1)
+    cfg = ProbeConfig(hidden=32, epochs=15, batch_size=8, lr=1e-2, seed=0)
+    res = {}
+    for informative in (True, False):
+        rng = np.random.default_rng(0)
+        tr, ttr = _synthetic(48, informative, rng)
+        va, tva = _synthetic(12, informative, rng)
+        res[informative] = train_and_evaluate(tr, va, ttr, tva, cfg)
+    print({k: (v["wer"], v["cer"]) for k, v in res.items()})
+    assert res[True]["wer"] < 0.5 < res[False]["wer"]
+    assert res[True]["cer"] < res[False]["cer"]
+    r = res[True]
+    assert r["n_train"] == 48 and r["n_valid"] == 12 and r["input_dim"] == 4
+    assert r["wer_counts"]["kaldi"].startswith("%WER ") and r["cer_counts"]["kaldi"].startswith("%CER ")
+    # deterministic with a fixed seed
+    rng = np.random.default_rng(1)
+    tr, ttr = _synthetic(16, True, rng)
+    va, tva = _synthetic(4, True, rng)
+    small = ProbeConfig(hidden=16, epochs=2, batch_size=8, seed=3)
+    a, b = (train_and_evaluate(tr, va, ttr, tva, small) for _ in range(2))
+    assert a["train_loss"] == b["train_loss"] and a["hyps"] == b["hyps"]
+
+
+def test_resolve_model(tmp_path):
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "config.yaml").write_text("x: 1\n")
+    with pytest.raises(FileNotFoundError, match="model.ckpt"):
+        resolve_model(str(tmp_path))
+    assert resolve_model(str(tmp_path), random_init=True) == (str(tmp_path / "export" / "config.yaml"), None)
+    (tmp_path / "export" / "model.ckpt").write_bytes(b"")
+    assert resolve_model(str(tmp_path))[1] == str(tmp_path / "export" / "model.ckpt")
+
+
+@pytest.fixture(scope="module")
+def librivox_dirs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("probe_data")
+    trans = {}
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        words, utt = line.rsplit(" (", 1)
+        trans[utt.rstrip(")")] = words.replace("<s>", "").replace("</s>", "").strip()
+    utts = sorted(trans)
+    for name, sel in (("train", utts[:3]), ("valid", utts[3:])):
+        (d / name).mkdir()
+        (d / name / "wav.scp").write_text("".join(f"{u} {LIBRIVOX / u}.wav\n" for u in sel))
+        (d / name / "text").write_text("".join(f"{u} {trans[u]}\n" for u in sel))
+    return d
+
+
+def test_extract_zq_shape():
+    from xytok.codec import load_codec
+
+    torch.set_num_threads(1)
+    codec = load_codec(GOLDEN / "config.yaml", GOLDEN / "model.ckpt")
+    wav = np.random.default_rng(0).standard_normal(16000 * 2).astype(np.float32) * 0.1
+    zq = extract_zq(codec, wav)
+    assert zq.shape == (25, 256)  # 2 s at 12.5 Hz, 4D = 256 channels in tiny_a
+    assert np.isfinite(zq).all()
+
+
+def test_probe_cli_and_feature_cache(librivox_dirs, tmp_path, monkeypatch):
+    from xytok.bin.probe import main
+
+    d = librivox_dirs
+    args = ["--config", str(GOLDEN / "config.yaml"), "--checkpoint", str(GOLDEN / "model.ckpt"),
+            "--train_data", str(d / "train"), "--valid_data", str(d / "valid"), "--out", str(tmp_path),
+            "--epochs", "2", "--hidden", "16"]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "probe.json").read_text())
+    assert res["n_train"] == 3 and res["n_valid"] == 2 and res["input_dim"] == 256
+    assert 0.0 <= res["wer"] and len(res["train_loss"]) == 2
+    assert (tmp_path / "wer.txt").read_text().startswith("%WER ")
+    assert (tmp_path / "feats" / "train.ark").is_file() and (tmp_path / "hyp.txt").is_file()
+
+    # Re-run: features come from the cache, the codec is not even built.
+    import xytok.codec
+
+    def boom(*a, **k):
+        raise AssertionError("codec loaded although the cache is valid")
+
+    monkeypatch.setattr(xytok.codec, "load_codec", boom)
+    assert main(args[:-1] + ["8"]) == 0
+    assert json.loads((tmp_path / "probe.json").read_text())["probe_config"]["hidden"] == 8
+    # A different model (random init) invalidates the cache.
+    with pytest.raises(AssertionError, match="codec loaded"):
+        main(args[:2] + ["--random_init"] + args[4:])
