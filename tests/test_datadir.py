@@ -287,3 +287,16 @@ def test_segments_dirs_keep_their_recordings(tmp_path):
     write(d / "segments", ["s1-a r1 0.0 0.5", "s1-b r9 0.5 1.9", "s2-a r2 0.3 0.1"])
     r = validate(d)
     assert r.returncode == 1 and "s1-b (r9)" in r.stderr and "s2-a" in r.stderr
+
+
+def test_core_needs_no_audio_libraries(data, tmp_path):
+    # a soundfile that cannot be imported shadows the real one: only --check-audio may need it
+    fake = tmp_path / "fake_site" / "soundfile"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no soundfile here', name='soundfile')\n")
+    env = dict(ENV, PYTHONPATH=str(tmp_path / "fake_site"))
+    run = lambda *a: subprocess.run([str(UTILS / "validate_data_dir.sh"), "--no-feats", *map(str, a)],
+                                    capture_output=True, text=True, env=env)  # noqa: E731
+    assert run(data).returncode == 0
+    r = run("--check-audio", data)
+    assert r.returncode == 1 and "needs soundfile" in r.stderr and "s1-u0" in r.stderr
