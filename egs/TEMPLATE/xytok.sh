@@ -382,9 +382,11 @@ if run_stage 9; then
         [ -f "$dir/.decode.done" ] || die "$dir/wav/wav.scp missing: run stage 8 first"
         rm -rf "$dir/score"; mkdir -p "$dir/score"
         # shellcheck disable=SC2086
-        ${decode_cmd} --num_threads "$nj" "$dir/score/score.log" \
+        # One process per job, one thread each (xytok score sets it); ASR/SIM models on the GPU with --gpu_inference.
+        ${_infer_cmd} --num_threads "$nj" "$dir/score/score.log" \
             xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav/wav.scp" --text "$data_feats/$dset/text" \
-                --metrics "$scoring_metrics" --asr_backend "$asr_backend" --nj "$nj" --out "$dir/score" ${scoring_args}
+                --metrics "$scoring_metrics" --asr_backend "$asr_backend" --nj "$nj" --device "$_device" \
+                --out "$dir/score" ${scoring_args}
         touch "$dir/.score.done"
     done
     # shellcheck disable=SC2086
@@ -401,11 +403,18 @@ if run_stage 10; then
         mkdir -p "$model_exp/probe"
         write_exp_run_sh "$model_exp/probe" 10
         # shellcheck disable=SC2086
-        ${decode_cmd} "$model_exp/probe/probe.log" \
+        ${_infer_cmd} "$model_exp/probe/probe.log" \
             ${python} -m xytok.bin.probe --config "$model_config" --checkpoint "$model_ckpt" \
                 --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
-                --spm_model "$spm_model" --output_dir "$model_exp/probe" ${probe_args}
+                --device "$_device" --output_dir "$model_exp/probe" ${probe_args}
         touch "$model_exp/probe/.done"
+    fi
+    log "  $(head -n 1 "$model_exp/probe/wer.txt")"
+    # RESULTS.md's WER column is the probe's: refresh it when the test sets are already scored.
+    if ls "$model_exp/$inference_tag"/*/score/summary.json > /dev/null 2>&1; then
+        ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \
+            --output RESULTS.md
+        log "  updated $(pwd)/RESULTS.md"
     fi
 fi
 
