@@ -49,6 +49,11 @@ else
   "$py" -m pip install -q $torch_req -e "$root[all]"
   echo "$want" > "$stamp"
 fi
+# An editable install made while the tree was incomplete maps no packages: check from outside it.
+if ! (cd / && "$venv/bin/python" -c 'import xytok.cli' >/dev/null 2>&1); then
+  log "xytok is not importable from the venv: re-registering the editable install"
+  "$venv/bin/python" -m pip install -q --no-deps -e "$root"
+fi
 
 # 3. torchaudio workaround. xytok itself never imports torchaudio, but a CUDA torchaudio wheel next
 #    to a CPU torch breaks any import of it (libc10_cuda.so missing). Fix only that failure.
