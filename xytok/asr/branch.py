@@ -78,24 +78,37 @@ class ASRBranch(nn.Module):
 
     @torch.no_grad()
     def greedy_decode(self, feats: torch.Tensor, feat_lengths: torch.Tensor, max_new_tokens: Optional[int] = None) -> List[str]:
-        """Greedy transcripts, one utterance at a time (no KV cache: fine for a few valid utterances)."""
-        max_new_tokens = max_new_tokens or self.max_text_tokens
+        """Greedy transcripts for a batch: one LM forward per generated token for all items at once
+        (no KV cache: fine for a few validation utterances). Items stay right-padded; each item's
+        next token is read at its own last position and written right after it."""
+        max_new_tokens = int(max_new_tokens or self.max_text_tokens)
         prefix, prefix_lengths = self.adapter(feats, feat_lengths)
-        out = []
-        for i in range(prefix.shape[0]):
+        batch, _, dim = prefix.shape
+        lengths = prefix_lengths.to(prefix.device).long() + 1  # audio + <start>
+        total = int(lengths.max()) + max_new_tokens
+        seq = prefix.new_zeros(batch, total, dim)
+        for i in range(batch):
             a = int(prefix_lengths[i])
-            seq = torch.cat([prefix[i, :a], self.start_embed.to(prefix.dtype).unsqueeze(0)], 0).unsqueeze(0)
-            ids: List[int] = []
-            for _ in range(max_new_tokens):
-                mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
-                nxt = int(self.lm(seq, mask)[0, -1].argmax())
-                if nxt == self.tokenizer.eos_id:
-                    break
-                ids.append(nxt)
-                tok = self.lm.embed(torch.tensor([nxt], device=seq.device)).to(seq.dtype)
-                seq = torch.cat([seq, tok.unsqueeze(0)], 1)
-            out.append(self.tokenizer.decode(ids))
-        return out
+            seq[i, :a] = prefix[i, :a]
+            seq[i, a] = self.start_embed.to(prefix.dtype)
+        done = torch.zeros(batch, dtype=torch.bool, device=prefix.device)
+        out: List[List[int]] = [[] for _ in range(batch)]
+        rows = torch.arange(batch, device=prefix.device)
+        for _ in range(max_new_tokens):
+            cur = int(lengths.max())
+            mask = torch.arange(cur, device=prefix.device).unsqueeze(0) < lengths.unsqueeze(1)
+            logits = self.lm(seq[:, :cur], mask)
+            nxt = logits[rows, lengths - 1].argmax(-1)
+            done = done | (nxt == self.tokenizer.eos_id)
+            if bool(done.all()):
+                break
+            emb = self.lm.embed(nxt).to(seq.dtype)
+            for i in range(batch):
+                if not done[i]:
+                    out[i].append(int(nxt[i]))
+                    seq[i, int(lengths[i])] = emb[i]
+            lengths = lengths + (~done).long()
+        return [self.tokenizer.decode(ids) for ids in out]
 
 
 def _drop_frozen_lm_keys(module, state_dict, prefix, local_metadata):

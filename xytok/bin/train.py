@@ -31,6 +31,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid_data", help="validation data dir")
     p.add_argument("--init_param", help="start a NEW run from these weights (released model.ckpt or a "
                                         "training checkpoint); unrelated to resuming")
+    p.add_argument("--spm_model", help="sentencepiece model of recipe stage 4 (sets asr.tokenizer.model)")
+    p.add_argument("--num_nodes", type=int, default=1, help="nodes (informational; torchrun sets the world) "
+                                                            "[default: %(default)s]")
     p.add_argument("--ngpu", type=int, default=0, help="GPUs per node (0 = CPU) [default: %(default)s]")
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
         overrides["data.train"] = args.train_data
     if args.valid_data:
         overrides["data.valid"] = args.valid_data
+    if args.spm_model:
+        overrides["asr.tokenizer.model"] = args.spm_model
     base = load_config(args.config, overrides)
     task_cls = resolve_task_class(base["task"])
     config = load_config(args.config, overrides, task_defaults=task_cls.default_config)

@@ -32,10 +32,22 @@ def setup_logging(exp_dir: Optional[Path], rank: int, level=logging.INFO) -> Non
     if rank != 0:
         console.setLevel(logging.WARNING)
     root.addHandler(console)
-    if exp_dir is not None and rank == 0:
+    if exp_dir is not None and rank == 0 and not _stderr_is(Path(exp_dir) / "train.log"):
         fh = logging.FileHandler(Path(exp_dir) / "train.log")
         fh.setFormatter(fmt)
         root.addHandler(fh)
+
+
+def _stderr_is(path: Path) -> bool:
+    """True when stderr already goes to `path` (the recipe's job runner logs to exp/train.log):
+    then a second handler on the same file would duplicate every line."""
+    import os
+
+    try:
+        a, b = os.fstat(sys.stderr.fileno()), os.stat(path)
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def format_duration(seconds: float) -> str:

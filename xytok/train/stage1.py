@@ -29,14 +29,9 @@ CODEC_MODULES = ("semantic_encoder", "semantic_encoder_adapter", "acoustic_encod
 
 
 def build_codec(generator_params: Dict[str, Any]) -> nn.Module:
-    from xytok.codec import load_codec
+    from xytok.codec import build_codec as build
 
-    return load_codec({"generator_params": generator_params}).train()
-
-
-def run_vocos(vocos: nn.Module, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    out = vocos(feats, lengths)
-    return out[0] if isinstance(out, (tuple, list)) else out
+    return build({"generator_params": generator_params}).train()
 
 
 class Stage1Model(nn.Module):
@@ -58,29 +53,16 @@ class Stage1Model(nn.Module):
             self.get_submodule(name).eval()
         return self
 
-    def _maybe_no_grad(self, module_name: str):
-        return torch.no_grad() if f"codec.{module_name}" in self.frozen else torch.enable_grad()
-
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor, texts: List[str] | None = None,
                 run_asr: bool = True) -> Dict[str, Any]:
-        c = self.codec
-        with self._maybe_no_grad("semantic_encoder"):
-            sem, sem_len = c.semantic_encoder(mel, mel_lengths)
-        with self._maybe_no_grad("semantic_encoder_adapter"):
-            sem, _ = c.semantic_encoder_adapter(sem, sem_len)
-        with self._maybe_no_grad("acoustic_encoder"):
-            ac, _ = c.acoustic_encoder(mel, mel_lengths)
-        h, h_len = c.pre_rvq_adapter(torch.cat([sem, ac], dim=1), sem_len)
-        h, code_len = c.downsample(h, h_len)
-        zq, codes, commit_loss, stats = c.quantizer(h, code_len)
-        post, _ = c.post_rvq_adapter(zq, code_len)
-        up, up_len = c.upsample(post, code_len)
-        feats, feat_len = c.acoustic_decoder(up, up_len)
-        wav = run_vocos(c.vocos, feats, feat_len)
-        out = {"wav": wav, "feats": feats, "feat_lengths": feat_len, "codes": codes, "code_lengths": code_len,
-               "commit_loss": commit_loss, "rvq_stats": stats, "post": post}
+        # No graph is built through frozen towers: their params need no grad and mel needs none.
+        enc = self.codec.tokenize(mel, mel_lengths)
+        dec = self.codec.detokenize_from_zq(enc["zq"], enc["codes_lengths"])
+        out = {"wav": dec["wav"], "feats": dec["mel_out"], "feat_lengths": dec["mel_out_lengths"],
+               "codes": enc["codes"], "code_lengths": enc["codes_lengths"], "commit_loss": enc["commit_loss"],
+               "rvq_stats": enc["quantizer_stats"], "post": dec["post_rvq"]}
         if run_asr and texts is not None:
-            out["asr_loss"], out["asr_stats"] = self.asr(post, code_len, texts)
+            out["asr_loss"], out["asr_stats"] = self.asr(out["post"], out["code_lengths"], texts)
         return out
 
 
@@ -166,7 +148,7 @@ class Stage1Task(Task):
         total, values, out = self._losses(model, batch, ctx)
         ctx.backward(total)
         ctx.optimizer_step("stage1")
-        result = {k: float(v) for k, v in values.items()}
+        result = {k: float(v.detach()) for k, v in values.items()}
         stats = out["rvq_stats"]
         for i in range(len(stats["codebook_usage"])):
             result[f"rvq/usage_l{i}"] = float(stats["codebook_usage"][i])

@@ -105,6 +105,21 @@ def _strip_prefix(state: Mapping[str, Any], prefixes=("module.", "codec.", "gene
     return dict(state)
 
 
+def _codec_weights(sources: Mapping[str, Any]) -> Dict[str, Any]:
+    """Codec state dict from {'generator': sd} (released / stage 2) or from a stage-1 training
+    checkpoint's models, where the codec sits under a `codec.` prefix next to the ASR branch."""
+    if "generator" in sources:
+        return _strip_prefix(sources["generator"])
+    for name, model_sd in sources.items():
+        codec_sd = {k[len("codec."):]: v for k, v in getattr(model_sd, "items", lambda: [])()
+                    if k.startswith("codec.")}
+        if codec_sd:
+            log.info("--init_param: codec weights taken from model %r (ASR branch dropped)", name)
+            return codec_sd
+    raise ValueError(f"--init_param: no codec weights in the checkpoint (it has {sorted(sources)}; expected "
+                     "'generator' (released format) or a stage-1 checkpoint with 'codec.*' keys)")
+
+
 def _check_quantizer_trained(codec: nn.Module, where: str) -> None:
     not_inited = [i for i, q in enumerate(codec.quantizer.quantizers)
                   if hasattr(q, "inited") and not bool(q.inited.all())]
@@ -202,9 +217,7 @@ class Stage2Task(Task):
         leave random weights in the frozen tokenizer). Discriminators start fresh unless the
         checkpoint has them (a stage-2 checkpoint)."""
         sources = state.get("models", state)
-        if "generator" not in sources:
-            raise ValueError(f"--init_param: no 'generator' weights in the checkpoint (has {sorted(sources)})")
-        sd = _strip_prefix(sources["generator"])
+        sd = _codec_weights(sources)
         codec = models["generator"]
         own = codec.state_dict()
         missing = sorted(set(own) - set(sd))

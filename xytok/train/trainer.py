@@ -50,6 +50,7 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "find_unused_parameters": False,
     "deterministic": False,
     "tensorboard": True,
+    "valid_at_start": False,
     "optim": {"type": "adamw", "lr": 2.0e-4, "betas": [0.9, 0.99], "eps": 1.0e-8, "weight_decay": 0.0},
     "scheduler": {"type": "cosine", "warmup_steps": 100, "min_lr_ratio": 0.1},
     "data": {
@@ -321,7 +322,7 @@ class Trainer:
         for name, model in models.items():
             rows = {}
             for pname, p in model.named_parameters():
-                top = pname.split(".")[0]
+                top = ".".join(pname.split(".")[:2])  # e.g. codec.acoustic_encoder
                 t, f = rows.get(top, (0, 0))
                 rows[top] = (t + p.numel(), f) if p.requires_grad else (t, f + p.numel())
             tot_t = sum(t for t, _ in rows.values())
@@ -510,6 +511,8 @@ class Trainer:
         resumed = self.try_resume()
         if not resumed and self.dist.is_main:
             self.reporter.truncate_after(-1)  # fresh run in a dir without checkpoint: start clean
+        if not resumed and self.config.get("valid_at_start") and self.config["data"].get("valid"):
+            self.validate()  # the untrained baseline (eval mode: consumes no training RNG)
         if self.step >= self.max_steps:
             log.info("already trained to max_steps=%d", self.max_steps)
         else:
