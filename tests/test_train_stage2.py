@@ -185,10 +185,18 @@ def test_disc_start_step_and_hinge(setup_dir):
     assert all(int(s["step"]) == 1 for s in opt_state.values())
 
 
-def test_init_param_errors(setup_dir):
+def test_init_param_sources_and_errors(setup_dir):
     config = load_config(str(_config(setup_dir)), {}, task_defaults=Stage2Task.default_config)
     task = Stage2Task(config, setup_dir / "unused")
     models = task.build_models()
+    released = torch.load(setup_dir / "stage1_export" / "model.ckpt")["generator"]
+    # a stage-1 training checkpoint: codec under `codec.` next to the ASR branch (dropped)
+    stage1 = {"models": {"stage1": {**{"codec." + k: v for k, v in released.items()},
+                                    "asr.proj.weight": torch.zeros(3)}}}
+    task.init_from(models, stage1)
+    assert all(torch.equal(models["generator"].state_dict()[k], v) for k, v in released.items())
+    with pytest.raises(ValueError, match="no codec weights"):
+        task.init_from(models, {"models": {"asr": {"proj.weight": torch.zeros(3)}}})
     fresh = load_codec({"generator_params": GENERATOR_PARAMS}).state_dict()  # inited=False
     with pytest.raises(ValueError, match="never initialised"):
         task.init_from(models, {"generator": fresh})
