@@ -19,6 +19,11 @@ from pathlib import Path
 
 import yaml
 
+# Intel MKL may pick kernels by memory alignment, so the same matmul can round differently from
+# run to run; strict Conditional Numerical Reproducibility makes a resumed CPU run bit-identical.
+# Must be set before torch (and MKL) load. Users can override it in the environment.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

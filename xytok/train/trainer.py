@@ -108,8 +108,21 @@ def parse_overrides(args: List[str]) -> Dict[str, Any]:
                 raise ValueError(f"override {a} has no value")
             raw = args[i + 1]
             i += 2
-        out[key] = yaml.safe_load(raw) if raw != "" else ""
+        out[key] = _parse_value(raw)
     return out
+
+
+def _parse_value(raw: str):
+    """YAML typing, plus floats like 1e-5 that YAML 1.1 leaves as strings."""
+    if raw == "":
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def load_config(path: Optional[str], overrides: Dict[str, Any], task_defaults=None) -> Dict[str, Any]:
