@@ -99,6 +99,11 @@ def main(argv=None):
     print(f"model: {n_params / 1e6:.1f} M parameters, built in {time.perf_counter() - t0:.1f} s, "
           f"RSS {_rss_mb():.0f} MB, threads {args.threads}, reps {args.reps}", flush=True)
 
+    # Warm-up (allocator, kernels, lazy init) so that the first timed row is not penalised.
+    warm = _speech_like(2.0, args.seed + 99)
+    for mode in args.modes:
+        codec.decode(codec.encode([warm], mode=mode), mode=mode)
+
     rows = []
     for i, dur in enumerate(args.durations):
         wav = _speech_like(dur, args.seed + i)
