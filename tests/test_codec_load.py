@@ -113,6 +113,10 @@ def test_bad_files(tmp_path):
         load_codec(tmp_path / "missing.yaml")
     with pytest.raises(ValueError, match="vocos_kwargs"):
         load_codec({"generator_params": {"semantic_encoder_kwargs": {}}})
+    cfg = yaml.safe_load((TINY / "config.yaml").read_text())
+    cfg["generator_params"]["downsample_kwargs"]["avg_pool"] = 4  # typo must not pass silently
+    with pytest.raises(ValueError, match="downsample_kwargs.*avg_pool"):
+        load_codec(cfg)
 
 
 def test_class_is_exported():

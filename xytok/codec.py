@@ -61,16 +61,16 @@ class XYTokenizer(nn.Module):
             raise ValueError(f"only 16 kHz models are supported, config says {self.sample_rate}")
         self.generator_params = p
         # Registration order = released state-dict order.
-        self.semantic_encoder = AudioEncoder(**p["semantic_encoder_kwargs"])
-        self.semantic_encoder_adapter = Transformer(**p["semantic_encoder_adapter_kwargs"])
-        self.acoustic_encoder = AudioEncoder(**p["acoustic_encoder_kwargs"])
-        self.pre_rvq_adapter = Transformer(**p["pre_rvq_adapter_kwargs"])
-        self.downsample = ResidualDownConv(**p["downsample_kwargs"])
-        self.quantizer = ResidualVQ(**p["quantizer_kwargs"])
-        self.post_rvq_adapter = Transformer(**p["post_rvq_adapter_kwargs"])
-        self.upsample = UpConv(**p["upsample_kwargs"])
-        self.acoustic_decoder = AudioDecoder(**p["acoustic_decoder_kwargs"])
-        self.vocos = Vocos(**p["vocos_kwargs"])
+        for name, cls in (("semantic_encoder", AudioEncoder), ("semantic_encoder_adapter", Transformer),
+                          ("acoustic_encoder", AudioEncoder), ("pre_rvq_adapter", Transformer),
+                          ("downsample", ResidualDownConv), ("quantizer", ResidualVQ),
+                          ("post_rvq_adapter", Transformer), ("upsample", UpConv),
+                          ("acoustic_decoder", AudioDecoder), ("vocos", Vocos)):
+            try:
+                module = cls(**p[f"{name}_kwargs"])
+            except TypeError as exc:  # unknown / missing keys: name the config section
+                raise ValueError(f"generator_params.{name}_kwargs: {exc}") from exc
+            setattr(self, name, module)
         # 1280 samples per code frame: mel hop x encoder stride x downsample factor.
         self.code_hop = HOP_LENGTH * self.acoustic_encoder.stride_size * self.downsample.factor
         self.window_samples = N_SAMPLES_30S

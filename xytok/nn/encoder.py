@@ -20,7 +20,7 @@ class AudioEncoder(TransformerStack):
                  stride_size: int = 2, kernel_size: int = 3, d_model: int = 768,
                  scale_embedding: bool = False, max_audio_seconds: int = 30, encoder_layers: int = 12,
                  encoder_attention_heads: int = 12, encoder_ffn_dim: int = 3072,
-                 activation_function: str = "gelu", **_unused):
+                 activation_function: str = "gelu"):
         super().__init__()
         if activation_function != "gelu":
             raise ValueError(f"only activation_function='gelu' is supported, got {activation_function!r}")

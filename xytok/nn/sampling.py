@@ -13,7 +13,7 @@ class ResidualDownConv(nn.Module):
     regroup stacks the D channels of 4 consecutive steps into one 4D vector (step 4j first).
     """
 
-    def __init__(self, d_model: int = 768, avg_pooler: int = 4, **_unused):
+    def __init__(self, d_model: int = 768, avg_pooler: int = 4):
         super().__init__()
         self.d_model, self.factor = d_model, avg_pooler
         out = d_model * avg_pooler
@@ -43,7 +43,7 @@ class ResidualDownConv(nn.Module):
 class UpConv(nn.Module):
     """x4 up-sampling by a bias-free ConvTranspose1d(4D, D, k=stride, stride) (no window overlap)."""
 
-    def __init__(self, d_model: int = 768, stride: int = 4, **_unused):
+    def __init__(self, d_model: int = 768, stride: int = 4):
         super().__init__()
         self.stride = stride
         self.up_conv = nn.ConvTranspose1d(d_model * stride, d_model, stride, stride=stride, bias=False)

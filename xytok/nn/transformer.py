@@ -123,8 +123,7 @@ class Transformer(TransformerStack):
     """
 
     def __init__(self, input_dim: int, output_dim: int, d_model: int, max_source_positions: int = 1500,
-                 encoder_layers: int = 4, encoder_attention_heads: int = 12, encoder_ffn_dim: int = 3072,
-                 **_unused):
+                 encoder_layers: int = 4, encoder_attention_heads: int = 12, encoder_ffn_dim: int = 3072):
         super().__init__()
         # proj/out_proj exist only when the width changes (released key set).
         self.proj = nn.Linear(input_dim, d_model) if input_dim != d_model else None

@@ -88,8 +88,7 @@ class ISTFTHead(nn.Module):
 
 class Vocos(nn.Module):
     def __init__(self, input_channels: int = 80, dim: int = 512, intermediate_dim: int = 4096,
-                 num_layers: int = 30, n_fft: int = 640, hop_size: int = 160, padding: str = "same",
-                 **_unused):
+                 num_layers: int = 30, n_fft: int = 640, hop_size: int = 160, padding: str = "same"):
         super().__init__()
         self.hop_size = hop_size
         self.backbone = VocosBackbone(input_channels, dim, intermediate_dim, num_layers)
