@@ -122,3 +122,22 @@ def test_bad_files(tmp_path):
 def test_class_is_exported():
     import xytok
     assert xytok.XYTokenizer is XYTokenizer and xytok.load_codec is load_codec
+
+
+def test_training_blocks_are_differentiable():
+    torch.manual_seed(0)
+    codec = build_codec(TINY / "config.yaml").train()
+    wav = 0.1 * torch.randn(2, 12800)
+    mel, mel_len = codec.wav_to_mel(wav, torch.tensor([12800, 9000]))
+    tok = codec.tokenize(mel, mel_len)
+    assert all(bool(q.inited) for q in codec.quantizer.quantizers)  # k-means on the first batch
+    # trimmed mel: 80 valid + 2 boundary frames -> 41 encoder steps -> ceil(41/4) = 11 code frames
+    assert tok["codes"].shape == (4, 2, 11) and tok["codes_lengths"].tolist() == [10, 7]
+    assert tok["semantic"].shape == (2, 64, 41) and tok["encoder_lengths"].tolist() == [40, 28]
+    det = codec.detokenize_from_zq(tok["zq"], tok["codes_lengths"])
+    assert det["wav"].shape == (2, 11 * 1280) and det["mel_out"].shape == (2, 80, 88)
+    assert det["wav_lengths"].tolist() == [12800, 7 * 1280]
+    (det["wav"].pow(2).mean() + tok["commit_loss"]).backward()
+    assert codec.semantic_encoder.conv1.weight.grad.abs().sum() > 0
+    assert codec.acoustic_encoder.conv1.weight.grad.abs().sum() > 0
+    assert codec.vocos.head.out.weight.grad.abs().sum() > 0

@@ -104,7 +104,8 @@ class XYTokenizer(nn.Module):
             acoustic (B, D, T50) = acoustic encoder output, encoder_lengths (B,),
             pre_rvq (B, D, T50), downsample_output (B, 4D, T), zq (B, 4D, T) quantizer output,
             codes (nq, B, T) long, codes_lengths (B,), commit_loss (scalar), quantizer_stats.
-        T = ceil(T50 / 4). In ``.train()`` the quantizer learns (EMA / k-means / dropout);
+        T50 = ceil(T100 / 2) and T = ceil(T50 / 4) (375 for a 30-s padded input); trimmed inputs
+        may carry one or two frames past max(codes_lengths): crop by codes_lengths. In ``.train()`` the quantizer learns (EMA / k-means / dropout);
         in ``.eval()`` this is the official inference.
         """
         mel_lengths = mel_lengths.to(mel.device)
