@@ -347,7 +347,7 @@ if run_stage 7; then
         _nj=$(min "$inference_nj" "$(wc -l < "$data_feats/$dset/wav.scp")")
         split_scp "$data_feats/$dset/wav.scp" "$dir/codes/logs" wav "$_nj"
         # shellcheck disable=SC2086
-        ${_infer_cmd} JOB=1:"$_nj" "$dir/codes/logs/encode.JOB.log" \
+        ${_infer_cmd} --num_threads 1 JOB=1:"$_nj" "$dir/codes/logs/encode.JOB.log" \
             xytok encode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
                 --no_progress ${inference_args} "$dir/codes/logs/wav.JOB.scp" "$dir/codes/codes.JOB.scp"
         for i in $(seq "$_nj"); do cat "$dir/codes/codes.$i.scp"; done | LC_ALL=C sort > "$dir/codes.scp"
@@ -365,7 +365,7 @@ if run_stage 8; then
         _nj=$(min "$inference_nj" "$(wc -l < "$dir/codes.scp")")
         split_scp "$dir/codes.scp" "$dir/wav/logs" codes "$_nj"
         # shellcheck disable=SC2086
-        ${_infer_cmd} JOB=1:"$_nj" "$dir/wav/logs/decode.JOB.log" \
+        ${_infer_cmd} --num_threads 1 JOB=1:"$_nj" "$dir/wav/logs/decode.JOB.log" \
             xytok decode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
                 --no_progress ${inference_args} "$dir/wav/logs/codes.JOB.scp" "$dir/wav/split.JOB"
         # One wav.scp over the shards (each shard dir holds its own wav.scp).
@@ -390,8 +390,8 @@ if run_stage 9; then
         touch "$dir/.score.done"
     done
     # shellcheck disable=SC2086
-    ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \
-        --output RESULTS.md
+    ${python} -m xytok.bin.make_results --recipe_dir . --exp_dir "$model_exp/$inference_tag" \
+        --test_sets "$test_sets" --output RESULTS.md
     log "  wrote $(pwd)/RESULTS.md"
 fi
 
