@@ -182,3 +182,51 @@ def test_bad_inputs_name_the_file(tmp_path):
     (d / "19-198.trans.txt").write_text("19-198-0000 A\n19-198-0001 B\n19-198-0007 C\n")
     with pytest.raises(DataPrepError, match=r"'19-198-0007' but no audio"):
         scan_part(tmp_path / "p")
+
+
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+# Stands in for python in stages 5-6: records its arguments and writes the export a trainer would.
+echo "$*" >> "$FAKE_LOG"
+out=""; prev=""
+for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done
+mkdir -p "$out/export" && touch "$out/export/model.ckpt" "$out/export/config.yaml"
+'''
+
+
+def test_training_stage_wiring(tmp_path):
+    """Stages 5-6 with a stand-in python: flags, exp names, multi-node launcher, .done, exp run.sh."""
+    rdir = make_recipe(tmp_path, "librispeech")
+    for s in ("train_clean_100", "dev_clean"):
+        (rdir / "dump/raw" / s).mkdir(parents=True)
+        (rdir / "dump/raw" / s / ".feats.done").touch()
+    (rdir / "data/token_list/unigram5000").mkdir(parents=True)
+    (rdir / "data/token_list/unigram5000/.done").touch()
+    (rdir / "my_s1.yaml").write_text("task: stage1\n")
+    (rdir / "my_s2.yaml").write_text("task: stage2\n")
+    fake = tmp_path / "fakepy"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    cmd = (f"./run.sh --stage 5 --stop_stage 6 --python {fake} --stage1_config my_s1.yaml "
+           "--stage2_config my_s2.yaml --stage1_args '--max_steps 7' --ngpu 2 --num_nodes 2")
+    r = run(cmd, rdir, {"FAKE_LOG": str(log)})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    s1, s2 = calls
+    for c in calls:
+        assert "-m torch.distributed.run --nnodes 2 --nproc_per_node 2 --rdzv_backend c10d" in c
+        assert "--rdzv_endpoint localhost:29500" in c  # expanded on the node, MASTER_ADDR unset here
+        assert "-m xytok.bin.train" in c and "--ngpu 2" in c
+        assert "--train_data dump/raw/train_clean_100 --valid_data dump/raw/dev_clean" in c
+        assert "--spm_model data/token_list/unigram5000/bpe.model" in c
+    assert "--config my_s1.yaml --output_dir exp/stage1_my_s1" in s1 and s1.endswith("--max_steps 7")
+    assert "--config my_s2.yaml --output_dir exp/stage2_my_s2" in s2
+    assert "--init_param exp/stage1_my_s1/export/model.ckpt" in s2
+    for e in ("stage1_my_s1", "stage2_my_s2"):
+        assert (rdir / "exp" / e / ".done").exists()
+        assert "--stage1_args --max_steps\\ 7" in (rdir / "exp" / e / "run.sh").read_text()
+    # finished stages are skipped on a re-run; the generated run.sh re-runs one stage
+    r = run("exp/stage1_my_s1/run.sh", rdir, {"FAKE_LOG": str(log)})
+    assert r.returncode == 0 and "already trained" in r.stdout
+    assert len(log.read_text().splitlines()) == 2

@@ -257,8 +257,11 @@ fi
 train_launcher() {
     if [ "$num_nodes" -gt 1 ]; then
         local nproc=$ngpu; [ "$nproc" -ge 1 ] || nproc=1
+        # The endpoint is expanded on the nodes, not here: slurm.pl exports MASTER_ADDR (the job's
+        # first node) and MASTER_PORT there (single quotes keep it literal through run.pl/slurm.pl).
+        # shellcheck disable=SC2016
         echo "${python} -m torch.distributed.run --nnodes $num_nodes --nproc_per_node $nproc" \
-             "--rdzv_backend c10d --rdzv_id $1 --rdzv_endpoint ${MASTER_ADDR:-$(hostname)}:${MASTER_PORT:-29500}"
+             "--rdzv_backend c10d --rdzv_id $1" '--rdzv_endpoint ${MASTER_ADDR:-localhost}:${MASTER_PORT:-29500}'
     else
         echo "${python}"
     fi
