@@ -50,7 +50,8 @@ def recipe_run(tmp_path_factory):
     made = _make_tree(tmp / "corpus")
     rdir = make_recipe(tmp, "librispeech")
     cmd = ("./run.sh --stage 1 --stop_stage 3 --train_set train_clean_100 --valid_set dev_clean "
-           "--test_sets test_clean --nj 2 --local_data_opts '--download false'")
+           "--test_sets test_clean --nj 2 "
+           "--local_data_opts \"--download false --parts 'train-clean-100 dev-clean test-clean'\"")
     r = run(cmd, rdir, {"LIBRISPEECH": str(tmp / "corpus")})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return rdir, made, r

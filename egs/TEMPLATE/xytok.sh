@@ -149,8 +149,8 @@ trap 'rc=$?; [ $rc -ne 0 ] && log "FAILED (exit $rc) after ${SECONDS}s; the fail
 if run_stage 1; then
     log "Stage 1: data preparation: local/data.sh ${local_data_opts}"
     [ -x local/data.sh ] || die "local/data.sh missing or not executable in $(pwd)"
-    # shellcheck disable=SC2086
-    local/data.sh ${local_data_opts}
+    # eval: nested quotes work, e.g. --local_data_opts "--parts 'dev-clean test-other'"
+    eval "local/data.sh ${local_data_opts}"
     for dset in $train_set $valid_set $test_sets; do
         [ -d "data/$dset" ] || die "local/data.sh did not create data/$dset"
         utils/validate_data_dir.sh --no-feats "data/$dset"
