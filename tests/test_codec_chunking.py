@@ -170,3 +170,20 @@ def test_decode_bad_inputs_name_the_item(codec):
             codec.decode([good, bad])
     assert codec.decode([good])[0].shape == (12800,)
     assert codec.decode([np.zeros((6, 3), dtype=np.int64)])[0].shape == (3840,)
+
+
+def test_long_input_memory_is_bounded_by_windows(codec, monkeypatch):
+    speech = _speech()
+    wav = torch.cat([speech, speech, speech])[:1_600_000]  # 100 s -> 5 windows (stride 20 s)
+    reference = codec.encode([wav], batch_size=1)[0]
+    calls = []
+    original = codec.tokenize
+
+    def spy(mel, mel_lengths):
+        calls.append(tuple(mel.shape))
+        return original(mel, mel_lengths)
+
+    monkeypatch.setattr(codec, "tokenize", spy)
+    codes = codec.encode([wav], batch_size=8, max_batch_seconds=60)[0]
+    assert torch.equal(codes, reference)
+    assert len(calls) == 3 and all(b * t <= 6000 for b, _, t in calls), calls

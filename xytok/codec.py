@@ -198,7 +198,7 @@ class XYTokenizer(nn.Module):
     # ------------------------------------------------------------------ list API
     @torch.no_grad()
     def encode(self, wavs, overlap_seconds: float = 10, batch_size: int = 8, mode: str = "fast",
-               progress=None) -> list:
+               progress=None, max_batch_seconds: float = 60.0) -> list:
         """list of 1-D float waveforms (16 kHz) -> list of LongTensor (nq, floor(N_i / 1280)).
 
         Chunking as the released ``encode``: chunk k of an item covers samples
@@ -207,7 +207,9 @@ class XYTokenizer(nn.Module):
         mode="fast" trims each chunk to the frames it needs (plus the boundary frames the
         encoder convolutions see, with their official padded values) and batches chunks of
         similar length; codes equal the official ones. mode="padded" pads every chunk to 30 s
-        like the official code. Memory is bounded by ``batch_size`` chunks of <= 30 s.
+        like the official code. A model call holds at most ``batch_size`` chunks and at most
+        ``max_batch_seconds`` of (padded) audio, but always one chunk: memory does not grow with
+        the input length (a 10-minute file needs what two 30-s windows need).
 
         Raises ValueError naming the item for: non 1-D input, NaN/Inf, < 1280 samples.
         ``progress``: optional callable(n_done_chunks, n_total_chunks).
@@ -228,8 +230,15 @@ class XYTokenizer(nn.Module):
                 units.append((i, k * keep, w[start: start + self.window_samples]))
                 k += 1
         units.sort(key=lambda u: -u[2].numel())
-        for b0 in range(0, len(units), batch_size):
-            batch = units[b0: b0 + batch_size]
+        max_batch_samples = max_batch_seconds * self.sample_rate
+        batches, done = [], 0
+        for unit in units:  # sorted longest first: the first unit of a batch sets its width
+            width = self.window_samples if mode == "padded" else batches[-1][0][2].numel() if batches else 0
+            if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * width <= max_batch_samples:
+                batches[-1].append(unit)
+            else:
+                batches.append([unit])
+        for batch in batches:
             lengths = torch.tensor([u[2].numel() for u in batch])
             wav = torch.zeros(len(batch), int(lengths.max()))
             for j, u in enumerate(batch):
@@ -239,13 +248,14 @@ class XYTokenizer(nn.Module):
             for j, (i, first, _) in enumerate(batch):
                 n = min(keep, n_codes[i] - first)
                 results[i][:, first: first + n] = codes[:, j, :n]
+            done += len(batch)
             if progress is not None:
-                progress(min(b0 + batch_size, len(units)), len(units))
+                progress(done, len(units))
         return results
 
     @torch.no_grad()
     def decode(self, codes_list, overlap_seconds: float = 10, batch_size: int = 8, mode: str = "fast",
-               progress=None) -> list:
+               progress=None, max_batch_seconds: float = 60.0) -> list:
         """list of LongTensor (nq, T_i) -> list of 1-D float tensors of 1280*T_i samples (16 kHz).
 
         Chunking as the released ``decode``: chunk k covers codes [k*keep, k*keep + 375), keep =
@@ -276,8 +286,10 @@ class XYTokenizer(nn.Module):
         total, done = sum(len(g) for g in groups.values()), 0
         for length in sorted(groups, reverse=True):
             units = groups[length]
-            for b0 in range(0, len(units), batch_size):
-                batch = units[b0: b0 + batch_size]
+            # at most batch_size chunks and max_batch_seconds of audio per call (>= one chunk)
+            per_call = max(1, min(batch_size, int(max_batch_seconds * self.sample_rate) // (length * self.code_hop)))
+            for b0 in range(0, len(units), per_call):
+                batch = units[b0: b0 + per_call]
                 codes = torch.stack([u[2] for u in batch], dim=1).to(device)
                 lengths = torch.full((len(batch),), length, dtype=torch.long, device=device)
                 wav = self.detokenize(codes, lengths)["wav"].cpu()
