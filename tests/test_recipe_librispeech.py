@@ -231,3 +231,45 @@ def test_training_stage_wiring(tmp_path):
     r = run("exp/stage1_my_s1/run.sh", rdir, {"FAKE_LOG": str(log)})
     assert r.returncode == 0 and "already trained" in r.stdout
     assert len(log.read_text().splitlines()) == 2
+
+
+def _py(args, cwd):
+    return run([sys.executable, "-m"] + args, cwd)
+
+
+def test_dump_resamples_and_downmixes_and_names_bad_utterances(tmp_path):
+    stereo_8k = (0.1 * np.random.default_rng(1).standard_normal((8000, 2))).astype(np.float32)
+    sf.write(tmp_path / "a.wav", stereo_8k, 8000)
+    (tmp_path / "wav.scp").write_text(f"u1 {tmp_path}/a.wav\n")
+    r = _py(["xytok.bin.dump_audio", "--wav_scp", "wav.scp", "--out_dir", "d", "--out_scp", "o.scp",
+             "--out_utt2num_samples", "n"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resampling 8000 Hz -> 16000 Hz" in r.stderr and "downmixing 2 channels" in r.stderr
+    assert (tmp_path / "n").read_text() == "u1 16000\n"
+    info = sf.info(str(tmp_path / "d/u1.wav"))
+    assert (info.samplerate, info.channels, info.frames, info.subtype) == (16000, 1, 16000, "PCM_16")
+    # empty audio: error naming the utterance, and no output scp (the shard is not "finished")
+    sf.write(tmp_path / "e.wav", np.zeros(0, np.float32), 16000)
+    (tmp_path / "bad.scp").write_text(f"u1 {tmp_path}/a.wav\nu2 {tmp_path}/e.wav\n")
+    for mod, outs in (("xytok.bin.dump_audio", ["--out_dir", "d2", "--out_scp", "o2.scp", "--out_utt2num_samples", "n2"]),
+                      ("xytok.bin.compute_feats", ["--out_ark", "f.ark", "--out_scp", "f.scp"])):
+        r = _py([mod, "--wav_scp", "bad.scp"] + outs, tmp_path)
+        assert r.returncode != 0 and "'u2'" in r.stderr and "empty" in r.stderr, (mod, r.stderr)
+    assert not (tmp_path / "o2.scp").exists() and not (tmp_path / "f.scp").exists()
+
+
+def test_train_spm_too_many_pieces_is_a_clear_error(tmp_path):
+    (tmp_path / "text").write_text("a HELLO WORLD\nb GOOD MORNING\n")
+    r = _py(["xytok.bin.train_spm", "--text", "text", "--vocab_size", "500", "--output_dir", "tok"], tmp_path)
+    assert r.returncode != 0 and "vocab_size=500" in r.stderr and "lower --nbpe" in r.stderr
+    assert not (tmp_path / "tok").exists()
+    (tmp_path / "text").write_text("a HELLO WORLD\nb\n")
+    r = _py(["xytok.bin.train_spm", "--text", "text", "--vocab_size", "10", "--output_dir", "tok"], tmp_path)
+    assert r.returncode != 0 and "text:2: utterance 'b' has an empty transcript" in r.stderr
+
+
+@pytest.mark.parametrize("mod", ["xytok.bin.dump_audio", "xytok.bin.compute_feats", "xytok.bin.train_spm",
+                                 "xytok.bin.librispeech_data", "xytok.bin.make_mini_corpus"])
+def test_entry_points_help(mod, tmp_path):
+    r = _py([mod, "--help"], tmp_path)
+    assert r.returncode == 0 and "usage:" in r.stdout
