@@ -142,7 +142,11 @@ def test_codes_frozen_decoder_trains_and_export_loads(setup_dir):
     codes_before = before.encode(wavs)
 
     exp = setup_dir / "exp_frozen"
-    trainer = _run_in_process(_config(setup_dir), exp, init / "model.ckpt")
+    conf = _config(setup_dir, valid_interval=4)
+    conf_dict = yaml.safe_load(conf.read_text())
+    conf_dict["data"]["valid"] = str(setup_dir / "data")
+    conf.write_text(yaml.safe_dump(conf_dict))
+    trainer = _run_in_process(conf, exp, init / "model.ckpt")
     gen = trainer.ctx.raw_models["generator"]
     # the trainer's .train() calls never switched the frozen side out of eval mode
     assert all(not getattr(gen, n).training for n in TOKENIZER_MODULES + ("post_rvq_adapter",))
@@ -170,6 +174,11 @@ def test_codes_frozen_decoder_trains_and_export_loads(setup_dir):
     metrics = _train_metrics(exp)
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all({"loss_d", "loss_adv", "loss_fm", "loss_mel", "loss_g"} <= set(m) for m in metrics)
+    valid = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()
+             if '"valid"' in line]
+    assert len(valid) == 1 and valid[0]["step"] == 4 and valid[0]["mel_distance"] > 0
+    assert len(list((exp / "images").glob("step4_*.png"))) == 1  # log_examples: 1 utterance
+    assert len(list((exp / "samples" / "step4").glob("*.wav"))) == 2  # reference + generated
 
 
 def test_disc_start_step_and_hinge(setup_dir):

@@ -365,9 +365,7 @@ class Stage2Task(Task):
             sf.write(sample_dir / f"{utt}_gen.wav", gen.clamp(-1, 1).numpy(), 16000)
             if reporter.writer is not None:
                 reporter.writer.add_audio(f"audio/{i}_gen", gen.clamp(-1, 1), step, sample_rate=16000)
-                if step == 0 or not getattr(self, "_logged_refs", False):
-                    reporter.writer.add_audio(f"audio/{i}_ref", ref, step, sample_rate=16000)
-        self._logged_refs = True
+                reporter.writer.add_audio(f"audio/{i}_ref", ref.clamp(-1, 1), step, sample_rate=16000)
 
     # -- export -------------------------------------------------------------------------------
     def export(self, ctx, out_dir: Path) -> None:
