@@ -211,6 +211,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 if run_stage 3; then
     log "Stage 3: Whisper log-mel features (frames, 80) -> ${data_feats}/<set>/feats.scp"
+    [ "$fs" -eq 16000 ] || die "--fs $fs: the model's Whisper front end works at 16000 Hz only"
     for dset in $train_set $valid_set $test_sets; do
         d=$data_feats/$dset
         if [ -f "$d/.feats.done" ]; then
