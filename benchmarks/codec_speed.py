@@ -7,6 +7,10 @@ factors (processing time / audio duration), peak RSS growth and speed-ups. Codes
 are compared (they must be identical).
 
     python benchmarks/codec_speed.py --durations 3 10 30 120 --threads 2 --reps 1
+
+On a machine shared with other busy processes use --threads 1 (and OMP_NUM_THREADS=1): with
+more threads than free cores every small kernel waits for a descheduled thread, which hurts the
+short (fast-mode) clips far more than the 30-s padded windows and distorts the comparison.
 """
 
 from __future__ import annotations
