@@ -118,7 +118,7 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
                 for r in results:
                     t = getattr(r, f"asr_{side}")
                     if t is not None:
-                        f.write(f"{r.utt_id} {t}\n".replace(f"{r.utt_id} \n", f"{r.utt_id}\n"))
+                        f.write(f"{r.utt_id} {t}".rstrip() + "\n")  # Kaldi text: no trailing space
     cut = [r.samples_cut for r in results if r.hyp_samples]
     summary["length_alignment"] = {
         "method": "truncate both to the shorter signal",
