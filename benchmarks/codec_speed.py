@@ -111,13 +111,27 @@ def main(argv=None):
     rows = []
     for i, dur in enumerate(args.durations):
         wav = _speech_like(dur, args.seed + i)
+        # Modes alternate within each repetition so that a load change on a shared machine
+        # affects both alike; the median over repetitions is reported.
+        times = {m: {"enc": [], "dec": [], "enc_mb": 0.0, "dec_mb": 0.0} for m in args.modes}
+        codes_by_mode = {}
+        for _ in range(args.reps):
+            for mode in args.modes:
+                enc_t, enc_mem, codes = _time(lambda: codec.encode([wav], mode=mode), 1)
+                dec_t, dec_mem, _ = _time(lambda: codec.decode(codes, mode=mode), 1)
+                rec = times[mode]
+                rec["enc"].append(enc_t)
+                rec["dec"].append(dec_t)
+                rec["enc_mb"] = max(rec["enc_mb"], enc_mem)
+                rec["dec_mb"] = max(rec["dec_mb"], dec_mem)
+                codes_by_mode[mode] = codes[0]
         res = {}
         for mode in args.modes:
-            enc_t, enc_mem, codes = _time(lambda: codec.encode([wav], mode=mode), args.reps)
-            dec_t, dec_mem, _ = _time(lambda: codec.decode(codes, mode=mode), args.reps)
-            res[mode] = (enc_t, enc_mem, dec_t, dec_mem, codes[0])
-            print(f"  {dur:6.1f} s {mode:6s}: encode {enc_t:7.2f} s (RTF {enc_t / dur:.3f}, +{enc_mem:.0f} MB)  "
-                  f"decode {dec_t:7.2f} s (RTF {dec_t / dur:.3f}, +{dec_mem:.0f} MB)", flush=True)
+            rec = times[mode]
+            enc_t, dec_t = statistics.median(rec["enc"]), statistics.median(rec["dec"])
+            res[mode] = (enc_t, rec["enc_mb"], dec_t, rec["dec_mb"], codes_by_mode[mode])
+            print(f"  {dur:6.1f} s {mode:6s}: encode {enc_t:7.2f} s (RTF {enc_t / dur:.3f}, +{rec['enc_mb']:.0f} MB)  "
+                  f"decode {dec_t:7.2f} s (RTF {dec_t / dur:.3f}, +{rec['dec_mb']:.0f} MB)", flush=True)
         same = None
         if len(res) == 2:
             same = torch.equal(res["fast"][4], res["padded"][4])
