@@ -21,12 +21,19 @@ log = logging.getLogger("xytok.asr")
 
 
 class ASRBranch(nn.Module):
-    def __init__(self, adapter: AudioToLMAdapter, lm: nn.Module, tokenizer, max_text_tokens: int = 256):
+    def __init__(self, adapter: AudioToLMAdapter, lm: nn.Module, tokenizer, max_text_tokens: int = 256,
+                 decode_tokens_per_frame: Optional[float] = 1.5, decode_min_tokens: int = 8):
         super().__init__()
         self.adapter = adapter
         self.lm = lm
         self.tokenizer = tokenizer
         self.max_text_tokens = max_text_tokens
+        # Greedy decoding stops an item after min_tokens + tokens_per_frame * (its feature frames):
+        # an untrained model never emits EOS and would otherwise cost max_text_tokens LM passes.
+        # 1.5 per 12.5 Hz frame = 18.75 tokens/s, above any speaking rate for BPE (or even
+        # character) tokens; None disables the bound.
+        self.decode_tokens_per_frame = decode_tokens_per_frame
+        self.decode_min_tokens = int(decode_min_tokens)
         self.start_embed = nn.Parameter(torch.randn(lm.hidden_size) * 0.02)
         # A frozen hub LM is not part of our checkpoints (it is reloaded from its name/path):
         # drop its keys on save and accept their absence on load.
@@ -77,11 +84,22 @@ class ASRBranch(nn.Module):
         return loss, {"asr_acc": acc}
 
     @torch.no_grad()
+    def decode_budget(self, feat_lengths: torch.Tensor, max_new_tokens: Optional[int] = None) -> torch.Tensor:
+        """Per-item maximum number of generated tokens (LongTensor (B,)), from the feature length."""
+        cap = int(max_new_tokens or self.max_text_tokens)
+        lengths = feat_lengths.detach().long().cpu()
+        if self.decode_tokens_per_frame is None:
+            return torch.full_like(lengths, cap)
+        budget = torch.ceil(lengths.double() * float(self.decode_tokens_per_frame)).long() + self.decode_min_tokens
+        return budget.clamp(min=1, max=cap)
+
     def greedy_decode(self, feats: torch.Tensor, feat_lengths: torch.Tensor, max_new_tokens: Optional[int] = None) -> List[str]:
         """Greedy transcripts for a batch: one LM forward per generated token for all items at once
         (no KV cache: fine for a few validation utterances). Items stay right-padded; each item's
-        next token is read at its own last position and written right after it."""
-        max_new_tokens = int(max_new_tokens or self.max_text_tokens)
+        next token is read at its own last position and written right after it. Each item stops
+        at EOS or after `decode_budget` tokens (bounded by its audio length and max_new_tokens)."""
+        budget = self.decode_budget(feat_lengths, max_new_tokens).to(feats.device)
+        max_new_tokens = int(budget.max()) if budget.numel() else 0
         prefix, prefix_lengths = self.adapter(feats, feat_lengths)
         batch, _, dim = prefix.shape
         lengths = prefix_lengths.to(prefix.device).long() + 1  # audio + <start>
@@ -94,12 +112,12 @@ class ASRBranch(nn.Module):
         done = torch.zeros(batch, dtype=torch.bool, device=prefix.device)
         out: List[List[int]] = [[] for _ in range(batch)]
         rows = torch.arange(batch, device=prefix.device)
-        for _ in range(max_new_tokens):
+        for t in range(max_new_tokens):
             cur = int(lengths.max())
             mask = torch.arange(cur, device=prefix.device).unsqueeze(0) < lengths.unsqueeze(1)
             logits = self.lm(seq[:, :cur], mask)
             nxt = logits[rows, lengths - 1].argmax(-1)
-            done = done | (nxt == self.tokenizer.eos_id)
+            done = done | (nxt == self.tokenizer.eos_id) | (budget <= t)
             if bool(done.all()):
                 break
             emb = self.lm.embed(nxt).to(seq.dtype)
@@ -152,4 +170,7 @@ def build_asr_branch(conf: Dict[str, Any], in_dim: int) -> ASRBranch:
         num_heads=int(ad.get("num_heads", 4)), ffn_dim=int(ad.get("ffn_dim", 1024)), stride=int(ad.get("stride", 1)),
         dropout=float(ad.get("dropout", 0.0)),
     )
-    return ASRBranch(adapter, lm, tokenizer, max_text_tokens=int(conf.get("max_text_tokens", 256)))
+    per_frame = conf.get("decode_tokens_per_frame", 1.5)
+    return ASRBranch(adapter, lm, tokenizer, max_text_tokens=int(conf.get("max_text_tokens", 256)),
+                     decode_tokens_per_frame=None if per_frame is None else float(per_frame),
+                     decode_min_tokens=int(conf.get("decode_min_tokens", 8)))

@@ -1,0 +1,68 @@
+"""Greedy ASR decoding is bounded by the audio length, so an untrained model that never emits EOS
+costs a few LM passes per utterance during validation, not max_text_tokens."""
+from pathlib import Path
+
+import torch
+
+
+def _spm(root: Path) -> Path:
+    import sentencepiece as spm
+
+    corpus = root / "text.txt"
+    corpus.write_text("\n".join(["THE BIRCH CANOE SLID ON THE SMOOTH PLANKS", "GLUE THE SHEET TO THE DARK BLUE BACKGROUND",
+                                 "IT IS EASY TO TELL THE DEPTH OF A WELL", "THESE DAYS A CHICKEN LEG IS A RARE DISH"] * 5))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(root / "bpe"), vocab_size=30,
+                                   model_type="unigram", character_coverage=1.0, bos_id=-1, eos_id=-1,
+                                   unk_id=1, pad_id=0, minloglevel=2)
+    return root / "bpe.model"
+
+
+def _branch(tmp_path, **extra):
+    from xytok.asr import build_asr_branch
+
+    torch.manual_seed(0)
+    conf = {"tokenizer": {"model": str(_spm(tmp_path))}, "max_text_tokens": 40,
+            "adapter": {"d_model": 16, "num_layers": 1, "num_heads": 2, "ffn_dim": 32},
+            "lm": {"type": "decoder", "d_model": 16, "num_layers": 1, "num_heads": 2, "ffn_dim": 32,
+                   "max_positions": 128, "dropout": 0.0}, **extra}
+    return build_asr_branch(conf, in_dim=8).eval()
+
+
+def _count_lm_calls(branch, fn):
+    """Run fn with an LM that never emits EOS (the untrained worst case); count its forwards."""
+    calls = []
+    eos = branch.tokenizer.eos_id
+
+    def never_eos(module, inputs, logits):
+        calls.append(1)
+        return logits.index_fill(-1, torch.tensor([eos]), -1e4)
+
+    handle = branch.lm.register_forward_hook(never_eos)
+    try:
+        return fn(), len(calls)
+    finally:
+        handle.remove()
+
+
+def test_budget_follows_feature_length(tmp_path):
+    branch = _branch(tmp_path, decode_tokens_per_frame=0.5, decode_min_tokens=3)
+    budget = branch.decode_budget(torch.tensor([10, 4, 200]))
+    assert budget.tolist() == [8, 5, 40]  # ceil(0.5 * n) + 3, capped at max_text_tokens
+    assert branch.decode_budget(torch.tensor([200]), max_new_tokens=6).tolist() == [6]
+
+
+def test_greedy_decode_stops_at_the_budget(tmp_path):
+    branch = _branch(tmp_path, decode_tokens_per_frame=0.5, decode_min_tokens=3)
+    feats, lengths = torch.randn(2, 8, 10), torch.tensor([10, 4])
+    budget = branch.decode_budget(lengths)
+    (hyps, calls) = _count_lm_calls(branch, lambda: branch.greedy_decode(feats, lengths))
+    assert len(hyps) == 2 and all(isinstance(h, str) for h in hyps)
+    assert calls == int(budget.max())  # not max_text_tokens (40)
+    # same item alone decodes the same (the batch's other item does not change its tokens)
+    alone, calls_alone = _count_lm_calls(branch, lambda: branch.greedy_decode(feats[1:, :, :4], lengths[1:]))
+    assert alone[0] == hyps[1] and calls_alone == int(budget[1])  # one LM pass per allowed token
+
+
+def test_budget_can_be_disabled(tmp_path):
+    branch = _branch(tmp_path, decode_tokens_per_frame=None)
+    assert branch.decode_budget(torch.tensor([1, 2])).tolist() == [40, 40]
