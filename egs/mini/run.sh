@@ -3,6 +3,11 @@
 # models. Stages 1-10 end to end in minutes on 2 cores. Options: ./run.sh --help
 set -euo pipefail
 
+# One intra-op thread per process unless the caller chose otherwise: parallelism comes from --nj
+# processes, and on a small shared CPU two OpenMP threads per trainer made stage 5 4-5x slower
+# (spin-waiting under oversubscription; measured 0.95 s vs 3.5-5 s per step on 2 busy cores).
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+
 train_set=train
 valid_set=dev
 test_sets=test
