@@ -234,7 +234,11 @@ class XYTokenizer(nn.Module):
         batches, done = [], 0
         for unit in units:  # sorted longest first: the first unit of a batch sets its width
             width = self.window_samples if mode == "padded" else batches[-1][0][2].numel() if batches else 0
-            if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * width <= max_batch_samples:
+            # fast mode: only batch chunks of similar length (padding a short chunk to a long
+            # one would spend what trimming saved)
+            similar = mode == "padded" or unit[2].numel() >= 0.75 * width
+            if batches and similar and len(batches[-1]) < batch_size and \
+                    (len(batches[-1]) + 1) * width <= max_batch_samples:
                 batches[-1].append(unit)
             else:
                 batches.append([unit])
