@@ -22,8 +22,13 @@ log = logging.getLogger("xytok.asr")
 
 class ASRBranch(nn.Module):
     def __init__(self, adapter: AudioToLMAdapter, lm: nn.Module, tokenizer, max_text_tokens: int = 256,
-                 decode_tokens_per_frame: Optional[float] = 1.5, decode_min_tokens: int = 8):
+                 decode_tokens_per_frame: Optional[float] = 1.5, decode_min_tokens: int = 8,
+                 text_dropout: float = 0.0):
         super().__init__()
+        # Teacher-forcing input tokens zeroed with this probability in training: a small LM then
+        # cannot just continue the text prior and must read the audio prefix (debug configs learn
+        # audio-conditioned transcripts much sooner). 0 = plain teacher forcing.
+        self.text_dropout = float(text_dropout)
         self.adapter = adapter
         self.lm = lm
         self.tokenizer = tokenizer
@@ -60,7 +65,11 @@ class ASRBranch(nn.Module):
             ids_t = torch.tensor(ids, dtype=torch.long, device=device)
             parts = [prefix[i, :a], self.start_embed.to(prefix.dtype).unsqueeze(0)]
             if ids:
-                parts.append(self.lm.embed(ids_t).to(prefix.dtype))
+                emb = self.lm.embed(ids_t).to(prefix.dtype)
+                if self.training and self.text_dropout > 0:
+                    keep = torch.rand(len(ids), device=device) >= self.text_dropout
+                    emb = emb * keep.unsqueeze(1).to(emb.dtype)
+                parts.append(emb)
             rows.append(torch.cat(parts, 0))
             lab = torch.full((a + 1 + len(ids),), -100, dtype=torch.long, device=device)
             lab[a: a + len(ids)] = ids_t
@@ -173,4 +182,5 @@ def build_asr_branch(conf: Dict[str, Any], in_dim: int) -> ASRBranch:
     per_frame = conf.get("decode_tokens_per_frame", 1.5)
     return ASRBranch(adapter, lm, tokenizer, max_text_tokens=int(conf.get("max_text_tokens", 256)),
                      decode_tokens_per_frame=None if per_frame is None else float(per_frame),
-                     decode_min_tokens=int(conf.get("decode_min_tokens", 8)))
+                     decode_min_tokens=int(conf.get("decode_min_tokens", 8)),
+                     text_dropout=float(conf.get("text_dropout", 0.0)))

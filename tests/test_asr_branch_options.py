@@ -1,5 +1,5 @@
-"""Greedy ASR decoding is bounded by the audio length, so an untrained model that never emits EOS
-costs a few LM passes per utterance during validation, not max_text_tokens."""
+"""ASR branch options: greedy decoding bounded by the audio length (an untrained model that never
+emits EOS costs a few LM passes per utterance in validation, not max_text_tokens), text dropout."""
 from pathlib import Path
 
 import torch
@@ -66,3 +66,18 @@ def test_greedy_decode_stops_at_the_budget(tmp_path):
 def test_budget_can_be_disabled(tmp_path):
     branch = _branch(tmp_path, decode_tokens_per_frame=None)
     assert branch.decode_budget(torch.tensor([1, 2])).tolist() == [40, 40]
+
+
+def test_text_dropout_only_in_training(tmp_path):
+    branch = _branch(tmp_path, text_dropout=0.5)
+    prefix, plen = torch.randn(1, 3, 16), torch.tensor([3])
+    tokens = [branch.tokenizer.encode("THE BIRCH CANOE SLID ON THE SMOOTH PLANKS")]
+    n = len(tokens[0])
+    plain, _, labels = branch._sequences(prefix, plen, tokens)  # eval mode: plain teacher forcing
+    assert torch.equal(plain[0, 4:4 + n], branch.lm.embed(torch.tensor(tokens[0])))
+    branch.train()
+    torch.manual_seed(1)
+    dropped, _, labels_train = branch._sequences(prefix, plen, tokens)
+    zeroed = (dropped[0, 4:4 + n].abs().sum(-1) == 0)
+    assert 0 < int(zeroed.sum()) < n  # some inputs hidden, not all (p = 0.5)
+    assert torch.equal(labels, labels_train) and torch.equal(dropped[0, :4], plain[0, :4])  # targets/prefix intact
