@@ -12,8 +12,9 @@ import torch
 
 from xytok import cli
 from xytok.io_codes import read_codes, write_codes
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = "/work/shared/golden/tiny_a"
+GOLDEN = str(TINY_A)
 if not os.path.isdir(GOLDEN):
     GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden", "tiny_a")
 CONFIG = os.path.join(GOLDEN, "config.yaml")

@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from xytok.codec import build_codec
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = Path(os.environ.get("XYTOK_GOLDEN", "/work/shared/golden"))
+GOLDEN = _GOLDEN
 
 
 def _config():

@@ -9,8 +9,9 @@ import soundfile as sf
 import torch
 
 from xytok.codec import load_codec
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-TINY = Path(os.environ.get("XYTOK_GOLDEN", "/work/shared/golden")) / "tiny_a"
+TINY = TINY_A
 FEAT_ATOL = 5e-5   # mel/encoder side (FFT rounding on low-energy bins, README section 5)
 WAV_ATOL = 1e-4
 

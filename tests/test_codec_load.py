@@ -10,8 +10,9 @@ import yaml
 
 from xytok.checkpoint import CheckpointMismatchError
 from xytok.codec import XYTokenizer, build_codec, load_codec
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = Path(os.environ.get("XYTOK_GOLDEN", "/work/shared/golden"))
+GOLDEN = _GOLDEN
 TINY = GOLDEN / "tiny_a"
 
 

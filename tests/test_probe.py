@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from xytok.eval.probe import CharVocab, ProbeConfig, extract_zq, resolve_model, train_and_evaluate
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = Path("/work/shared/golden/tiny_a")
+GOLDEN = TINY_A
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 
 

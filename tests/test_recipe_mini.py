@@ -9,8 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_helpers import assert_c_sorted, make_recipe, read_kv, run  # noqa: E402
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = Path("/work/shared/golden/tiny_a/expected_short.npz")
+GOLDEN = TINY_A / "expected_short.npz"
 NEEDS = [t for t in ("flite", "sox") if shutil.which(t) is None]
 if not Path("/usr/share/pocketsphinx/test/data/librivox/transcription").exists():
     NEEDS.append("pocketsphinx-testdata")

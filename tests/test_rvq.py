@@ -9,11 +9,12 @@ import torch
 import yaml
 
 from xytok.nn.rvq import ResidualVQ, kmeans
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = Path(os.environ.get("XYTOK_GOLDEN_DIR", "/work/shared/golden"))
+GOLDEN = _GOLDEN
 TINY_A = GOLDEN / "tiny_a"
 needs_golden = pytest.mark.skipif(not (TINY_A / "model.ckpt").exists(),
-                                  reason="golden reference data /work/shared/golden/tiny_a not present")
+                                  reason=f"golden reference data {_GOLDEN / 'tiny_a'} not present")
 
 
 def _golden_quantizer(folder: Path = TINY_A) -> ResidualVQ:

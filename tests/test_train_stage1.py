@@ -18,9 +18,10 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from golden import GOLDEN as _GOLDEN, TINY_A
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN_TINY = Path("/work/shared/golden/tiny_a/config.yaml")
+GOLDEN_TINY = TINY_A / "config.yaml"
 
 WORDS = "the birch canoe slid on smooth planks glue sheet to dark blue background it is easy tell depth of a well".split()
 

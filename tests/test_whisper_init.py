@@ -8,8 +8,9 @@ import torch
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install xytok[hf])")
 
 from xytok.whisper_init import WhisperInitError, load_whisper_encoder_into  # noqa: E402
+from golden import GOLDEN as _GOLDEN, TINY_A
 
-GOLDEN = "/work/shared/golden/tiny_a"
+GOLDEN = str(TINY_A)
 if not os.path.isdir(GOLDEN):  # repo-local fallback
     GOLDEN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "golden", "tiny_a")
 
