@@ -152,6 +152,14 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], conf: Dict[str, Any]) 
     return classes[kind](params, **conf)
 
 
+def scheduler_conf_for(config: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """`scheduler:` for every optimizer, updated by `optim.<name>.scheduler:` when a task has
+    several optimizers (e.g. a GAN generator warm-up that the discriminator does not share)."""
+    per_opt = (config.get("optim") or {}).get(name)
+    own = per_opt.get("scheduler") if isinstance(per_opt, dict) else None
+    return deep_merge(config.get("scheduler") or {}, own or {})
+
+
 def lr_lambda_factory(conf: Dict[str, Any], max_steps: int):
     """Linear warm-up, then cosine / linear decay to min_lr_ratio, or constant."""
     kind = conf.get("type", "cosine")
@@ -313,9 +321,9 @@ class Trainer:
         self._log_param_counts(models)
         self.ctx.raw_models = models
         self.ctx.optimizers = self.task.build_optimizers(models)
-        sched_conf = self.config.get("scheduler", {})
         self.ctx.schedulers = {
-            name: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(sched_conf, self.max_steps))
+            name: torch.optim.lr_scheduler.LambdaLR(
+                opt, lr_lambda_factory(scheduler_conf_for(self.config, name), self.max_steps))
             for name, opt in self.ctx.optimizers.items()
         }
         if self.amp_dtype == torch.float16:
