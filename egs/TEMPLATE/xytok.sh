@@ -424,10 +424,11 @@ fi
 
 if run_stage 11; then
     log "Stage 11: pack the model -> ${model_exp}/packed"
-    mkdir -p "$model_exp/packed"
+    # (H9 fix: pack_model's interface is --exp_dir <exp with export/> --out DIR|*.tar.gz [--results];
+    #  the old --config/--checkpoint/--output_dir call failed with "--out required")
     # shellcheck disable=SC2086
-    ${python} -m xytok.bin.pack_model --config "$model_config" --checkpoint "$model_ckpt" \
-        --exp_dir "$model_exp" --output_dir "$model_exp/packed" ${pack_args}
+    ${python} -m xytok.bin.pack_model --exp_dir "$model_exp" --out "$model_exp/packed" \
+        --results RESULTS.md ${pack_args}
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"
