@@ -165,6 +165,27 @@ def load_model(args):
     return codec, config, device
 
 
+def run_isolating_failures(process, batch, what: str, failures, log=None):
+    """Run ``process(items) -> results`` on the (utt, item) pairs of ``batch``; if the batched call
+    fails, retry one by one so a single bad utterance does not lose the others. Failures are
+    appended to ``failures`` as (utt, reason); returns [(utt, result), ...] for the rest."""
+    if not batch:
+        return []
+    try:
+        results = process([item for _, item in batch])
+        return list(zip([utt for utt, _ in batch], results))
+    except Exception as e:
+        if len(batch) == 1:
+            failures.append((batch[0][0], f"{what} failed: {type(e).__name__}: {e}"))
+            return []
+        (log or logging.getLogger(__name__)).warning(
+            "batch of %d failed (%s); retrying one by one", len(batch), e)
+    out = []
+    for pair in batch:
+        out += run_isolating_failures(process, [pair], what, failures, log)
+    return out
+
+
 def report_failures(failures, what: str) -> int:
     """Log every (utt, reason) failure at the end of a run; return the exit status."""
     if not failures:

@@ -21,7 +21,8 @@ import time
 from typing import List, Tuple
 
 from xytok.cli import (CLIError, add_model_args, load_model, logger, quantizer_shape,
-                       report_failures, run_main, setup_logging)
+                       report_failures, run_isolating_failures, run_main,
+                       setup_logging)
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_CODE = 1280
@@ -62,22 +63,9 @@ def _decode_group(codec, codes_list, device, overlap_seconds):
 
 
 def decode_batch(codec, batch, device, overlap_seconds, failures):
-    """Decode (utt, codes) pairs; on a failed batch call, retry one by one to isolate the bad one."""
-    if not batch:
-        return []
-    try:
-        wavs = _decode_group(codec, [c for _, c in batch], device, overlap_seconds)
-        return list(zip([u for u, _ in batch], wavs))
-    except Exception as e:
-        if len(batch) == 1:
-            failures.append((batch[0][0], f"decoding failed: {type(e).__name__}: {e}"))
-            return []
-        logger.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
-    out = []
-    for item in batch:
-        out += decode_batch(codec, [item], device, overlap_seconds, failures)
-    return out
-
+    """Decode (utt, input) pairs, isolating the utterance that makes a batch fail."""
+    return run_isolating_failures(
+        lambda items: _decode_group(codec, items, device, overlap_seconds), batch, "decoding", failures, logger)
 
 def write_wav_scp(path: str, entries) -> None:
     """``utt path`` lines, LC_ALL=C sorted, written atomically."""

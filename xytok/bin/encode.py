@@ -21,8 +21,8 @@ import time
 from collections import OrderedDict
 from typing import List, Tuple
 
-from xytok.cli import (CLIError, add_model_args, load_model, logger, report_failures, run_main,
-                       setup_logging)
+from xytok.cli import (CLIError, add_model_args, load_model, logger, report_failures,
+                       run_isolating_failures, run_main, setup_logging)
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_CODE = 1280  # 16 kHz / 12.5 Hz
@@ -79,23 +79,10 @@ def _encode_group(codec, wavs, device, overlap_seconds) -> List:
         return codec.encode(tensors, overlap_seconds=overlap_seconds, batch_size=len(tensors))
 
 
-def encode_batch(codec, batch: List[Tuple[str, "object"]], device, overlap_seconds, failures):
-    """Encode (utt, wav) pairs; if the batch call fails, retry one by one to isolate the bad one."""
-    if not batch:
-        return []
-    try:
-        codes = _encode_group(codec, [w for _, w in batch], device, overlap_seconds)
-        return list(zip([u for u, _ in batch], codes))
-    except Exception as e:
-        if len(batch) == 1:
-            failures.append((batch[0][0], f"encoding failed: {type(e).__name__}: {e}"))
-            return []
-        logger.warning("batch of %d failed (%s); retrying one by one", len(batch), e)
-    results = []
-    for item in batch:
-        results += encode_batch(codec, [item], device, overlap_seconds, failures)
-    return results
-
+def encode_batch(codec, batch, device, overlap_seconds, failures):
+    """Encode (utt, input) pairs, isolating the utterance that makes a batch fail."""
+    return run_isolating_failures(
+        lambda items: _encode_group(codec, items, device, overlap_seconds), batch, "encoding", failures, logger)
 
 def _run(args) -> int:
     import numpy as np
