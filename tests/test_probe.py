@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xytok.eval.probe import CharVocab, ProbeConfig, extract_zq, resolve_model, train_and_evaluate
+from xytok.eval.probe import CharVocab, ProbeConfig, extract_zq, lr_factor, resolve_model, train_and_evaluate
 from golden import GOLDEN as _GOLDEN, TINY_A
 
 GOLDEN = TINY_A
@@ -58,6 +58,37 @@ def test_probe_learns_text_from_informative_features():
     small = ProbeConfig(hidden=16, epochs=2, batch_size=8, seed=3)
     a, b = (train_and_evaluate(tr, va, ttr, tva, small) for _ in range(2))
     assert a["train_loss"] == b["train_loss"] and a["hyps"] == b["hyps"]
+
+
+def test_lr_factor_warmup_and_cosine():
+    f = lr_factor("cosine", warmup=0.1, min_ratio=0.05, total_steps=100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)  # 10 warm-up steps, linear
+    assert f(10) == pytest.approx(1.0) and f(99) == pytest.approx(0.05, abs=1e-3)  # cosine to min
+    assert f(10) > f(40) > f(70) > f(99)
+    c = lr_factor("constant", warmup=0.0, min_ratio=0.05, total_steps=100)
+    assert c(0) == c(99) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        lr_factor("step", 0.1, 0.05, 100)
+
+
+def test_probe_subsample_and_schedule_still_learn():
+    """The cheap settings (LSTM at 25 Hz, warm-up + cosine, frame dropout) must keep the probe working."""
+    torch.set_num_threads(1)
+    cfg = ProbeConfig(hidden=32, epochs=15, batch_size=8, lr=1e-2, seed=0, subsample=2, warmup=0.1,
+                      schedule="cosine", frame_dropout=0.05)
+    rng = np.random.default_rng(0)
+    tr, ttr = _synthetic(48, True, rng)
+    va, tva = _synthetic(12, True, rng)
+    res = train_and_evaluate(tr, va, ttr, tva, cfg)
+    assert res["wer"] < 0.5 and res["probe_config"]["subsample"] == 2
+    assert res["n_train_dropped"] == 0
+    # CTC feasibility is checked at the LSTM rate: halve the features -> 12.5 Hz cannot fit, 25 Hz can
+    short = [(u, f[: (len(f) + 1) // 2]) for u, f in tr]
+    assert train_and_evaluate(short, va, ttr, tva, ProbeConfig(hidden=8, epochs=1, subsample=2))["n_train_dropped"] == 0
+    with pytest.raises(ValueError, match="no usable training utterances"):
+        train_and_evaluate(short, va, ttr, tva, ProbeConfig(hidden=8, epochs=1, subsample=4))
+    with pytest.raises(ValueError, match="subsample"):
+        train_and_evaluate(tr, va, ttr, tva, ProbeConfig(hidden=8, epochs=1, subsample=3))
 
 
 def test_resolve_model(tmp_path):
@@ -117,8 +148,12 @@ def test_probe_cli_and_feature_cache(librivox_dirs, tmp_path, monkeypatch):
         raise AssertionError("codec loaded although the cache is valid")
 
     monkeypatch.setattr(xytok.codec, "load_codec", boom)
-    assert main(args[:-1] + ["8"]) == 0
-    assert json.loads((tmp_path / "probe.json").read_text())["probe_config"]["hidden"] == 8
+    assert main(args[:-1] + ["8", "--subsample", "2", "--warmup", "0.2", "--schedule", "cosine",
+                             "--frame_dropout", "0.1", "--weight_decay", "0.01"]) == 0
+    res = json.loads((tmp_path / "probe.json").read_text())
+    assert res["probe_config"]["hidden"] == 8 and res["probe_config"]["subsample"] == 2
+    assert res["probe_config"]["schedule"] == "cosine" and res["probe_config"]["frame_dropout"] == 0.1
+    assert "25 Hz LSTM input" in res["features"]
     # A different model (random init) invalidates the cache.
     with pytest.raises(AssertionError, match="codec loaded"):
         main(args[:2] + ["--random_init"] + args[4:])

@@ -32,6 +32,16 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--warmup", type=float, default=0.0, help="linear LR warm-up, fraction of all steps")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="LR after warm-up: constant, or cosine decay to --lr_min_ratio x --lr")
+    p.add_argument("--lr_min_ratio", type=float, default=0.05)
+    p.add_argument("--grad_clip", type=float, default=5.0, help="gradient-norm clipping (0 = off)")
+    p.add_argument("--weight_decay", type=float, default=0.0, help="AdamW weight decay")
+    p.add_argument("--subsample", type=int, choices=(1, 2, 4), default=1,
+                   help="keep every k-th 50 Hz frame before the LSTM (1 = paper's 50 Hz; 2 = 25 Hz, half the cost)")
+    p.add_argument("--frame_dropout", type=float, default=0.0,
+                   help="probability of zeroing a whole input frame during probe training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="device for feature extraction")
     p.add_argument("--nthreads", type=int, default=1, help="torch threads (results are deterministic per setting)")
@@ -68,14 +78,19 @@ def main(argv=None) -> int:
         scps[name] = cache_features(codec, d, feat_dir, name, fp, args.device)
 
     cfg = ProbeConfig(hidden=args.hidden, num_layers=args.num_layers, epochs=args.epochs,
-                      batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed)
+                      batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed,
+                      warmup=args.warmup, schedule=args.schedule, lr_min_ratio=args.lr_min_ratio,
+                      grad_clip=args.grad_clip, weight_decay=args.weight_decay, subsample=args.subsample,
+                      frame_dropout=args.frame_dropout)
     res = train_and_evaluate(load_items(scps["train"]), load_items(scps["valid"]),
                              read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg)
     hyps = res.pop("hyps")
     res.update({"model_config": config, "model_checkpoint": ckpt, "random_init": args.random_init,
                 "train_data": args.train_data, "valid_data": args.valid_data,
-                "features": "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz, standardised "
-                            "per dimension with train-set statistics",
+                "features": "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz"
+                            + (f", every {args.subsample}th frame kept ({50 // args.subsample} Hz LSTM input)"
+                               if args.subsample > 1 else "")
+                            + ", standardised per dimension with train-set statistics",
                 "decoding": "greedy CTC, characters"})
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(res, indent=2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -159,6 +160,19 @@ class ProbeConfig:
     dropout: float = 0.1
     seed: int = 0
     normalizer: str = "basic_english"
+    # LR schedule: linear warm-up over the first `warmup` fraction of the steps, then `schedule`
+    # ("cosine" decay to lr_min_ratio * lr, or "constant"). Warm-up lets a higher peak lr be used
+    # without the early CTC blow-ups; decay makes the last epochs settle.
+    warmup: float = 0.0
+    schedule: str = "constant"
+    lr_min_ratio: float = 0.05
+    grad_clip: float = 5.0
+    weight_decay: float = 0.0
+    # Keep every `subsample`-th frame of the 50 Hz (repeated) sequence before the LSTM: 1 = the
+    # paper's 50 Hz; 2 = 25 Hz, half the LSTM cost (CTC still has >= 2 frames per character).
+    subsample: int = 1
+    # Probability of zeroing whole input frames while training (regularises small train sets).
+    frame_dropout: float = 0.0
 
 
 def _batches(items, batch_size, shuffle, rng):
@@ -169,11 +183,29 @@ def _batches(items, batch_size, shuffle, rng):
     return groups
 
 
-def _collate(items, idx, mean, std):
-    feats = [torch.from_numpy((items[i][1] - mean) / std).repeat_interleave(UPSAMPLE, dim=0) for i in idx]
+def _collate(items, idx, mean, std, subsample=1):
+    feats = [torch.from_numpy((items[i][1] - mean) / std).repeat_interleave(UPSAMPLE, dim=0)[::subsample]
+             for i in idx]
     lengths = torch.tensor([len(f) for f in feats])
     x = nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
     return x, lengths
+
+
+def lr_factor(schedule: str, warmup: float, min_ratio: float, total_steps: int):
+    """LambdaLR factor: linear warm-up over `warmup` x total_steps, then constant or cosine to min_ratio."""
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown probe lr schedule {schedule!r} (constant | cosine)")
+    n_warm = int(round(warmup * total_steps))
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        if schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - n_warm) / max(1, total_steps - n_warm))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
 
 
 def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: dict, cfg: ProbeConfig) -> dict:
@@ -187,28 +219,38 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     vocab = CharVocab(norm(train_text[u]) for u, _ in train_items)
     targets = {u: vocab.encode(norm(train_text[u])) for u, _ in train_items}
     # CTC needs T >= len(target) (+ repeats); drop impossible utterances, counted.
-    usable = [it for it in train_items if len(it[1]) * UPSAMPLE >= len(targets[it[0]]) and targets[it[0]]]
+    if cfg.subsample not in (1, 2, 4):
+        raise ValueError(f"subsample must be 1, 2 or 4 (a divisor of the x{UPSAMPLE} repetition), got {cfg.subsample}")
+    frames = UPSAMPLE // cfg.subsample  # LSTM frames per 12.5 Hz code frame
+    usable = [it for it in train_items if len(it[1]) * frames >= len(targets[it[0]]) and targets[it[0]]]
     if not usable:
         raise ValueError("no usable training utterances (need text and frames >= characters)")
     stacked = np.concatenate([f for _, f in usable], axis=0)
     mean, std = stacked.mean(0), stacked.std(0) + 1e-5  # per-dimension standardisation from the train set
 
     model = BiLSTMCTC(stacked.shape[1], cfg.hidden, len(vocab), cfg.num_layers, cfg.dropout)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(_batches(usable, cfg.batch_size, False, rng))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_factor(cfg.schedule, cfg.warmup, cfg.lr_min_ratio, steps_per_epoch * cfg.epochs))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
     history, start = [], time.time()
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         total, n = 0.0, 0
         for idx in _batches(usable, cfg.batch_size, True, rng):
-            x, lengths = _collate(usable, idx, mean, std)
+            x, lengths = _collate(usable, idx, mean, std, cfg.subsample)
+            if cfg.frame_dropout > 0:
+                x = x * (torch.rand(x.shape[:2]) >= cfg.frame_dropout).unsqueeze(-1)
             tg = [torch.tensor(targets[usable[i][0]]) for i in idx]
             logp = model(x, lengths)
             loss = ctc(logp.transpose(0, 1), torch.cat(tg), lengths, torch.tensor([len(t) for t in tg]))
             opt.zero_grad()
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            sched.step()
             total += loss.item() * len(idx)
             n += len(idx)
         history.append(total / n)
@@ -220,7 +262,7 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     hyps = {}
     with torch.inference_mode():
         for idx in _batches(valid_items, cfg.batch_size, False, rng):
-            x, lengths = _collate(valid_items, idx, mean, std)
+            x, lengths = _collate(valid_items, idx, mean, std, cfg.subsample)
             best = model(x, lengths).argmax(-1)
             for j, i in enumerate(idx):
                 hyps[valid_items[i][0]] = vocab.greedy_decode(best[j, : lengths[j]].tolist())
