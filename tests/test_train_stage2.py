@@ -214,6 +214,26 @@ def test_init_param_sources_and_errors(setup_dir):
         task.init_from(models, {"generator": partial})
 
 
+def test_disc_windows_aligned_inside_lengths_and_seeded(tmp_path):
+    """The discriminator window is cut at the same place from reference and generated audio,
+    lies inside each item's valid samples when it fits, and depends only on (seed, step)."""
+    task = Stage2Task(load_config(str(_config(tmp_path, disc_segment_seconds=0.08)), {},
+                                  task_defaults=Stage2Task.default_config), tmp_path)
+    n, seg = 6400, 1280
+    wav = torch.arange(3 * n, dtype=torch.float32).reshape(3, n)
+    lengths = torch.tensor([n, 3000, 1000])  # the last item is shorter than the window
+    a_real, a_fake = task._disc_windows(wav, -wav, lengths, step=5)
+    assert a_real.shape == (3, seg) and torch.equal(a_fake, -a_real)
+    starts = a_real[:, 0] - torch.arange(3) * n
+    assert torch.equal(a_real - a_real[:, :1], torch.arange(seg, dtype=torch.float32).expand(3, seg))
+    assert int(starts[1]) + seg <= 3000 and int(starts[2]) == 0
+    assert torch.equal(task._disc_windows(wav, -wav, lengths, step=5)[0], a_real)
+    others = [task._disc_windows(wav, -wav, lengths, step=s)[0][0, 0] for s in range(6, 12)]
+    assert any(o != a_real[0, 0] for o in others)
+    task.disc_segment = None  # off: the whole crop
+    assert task._disc_windows(wav, -wav, lengths, step=5)[0] is wav
+
+
 def _cmd(conf, exp, init):
     return [sys.executable, "-m", "xytok.bin.train", "--config", str(conf), "--output_dir", str(exp),
             "--init_param", str(init)]
@@ -223,7 +243,7 @@ def test_sigkill_resume_identical_losses(setup_dir):
     """Kill -9 after the step-2 checkpoint; re-running resumes and logs the same losses as an
     uninterrupted run (discriminators, both optimizers/schedulers and RNG restored)."""
     init = setup_dir / "stage1_export" / "model.ckpt"
-    conf = _config(setup_dir, max_steps=4, save_interval=2)
+    conf = _config(setup_dir, max_steps=4, save_interval=2, disc_segment_seconds=0.32)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     full, killed = setup_dir / "exp_full", setup_dir / "exp_killed"
     subprocess.run(_cmd(conf, full, init), check=True, env=env, cwd=REPO, capture_output=True)

@@ -139,6 +139,10 @@ class Stage2Task(Task):
         "generator_config": None,
         "train_post_rvq_adapter": False,
         "disc_start_step": 0,
+        # Seconds of audio the discriminators see per item (a random window, the same for the
+        # real and generated signal; as HiFi-GAN's segment). The generator still decodes whole
+        # training crops, so its context matches stage 1; null = the whole crop.
+        "disc_segment_seconds": None,
         "discriminators": {
             "mpd": {"enabled": True, "periods": [2, 3, 5, 7, 11]},
             "msd": {"enabled": True, "num_scales": 3},
@@ -170,6 +174,9 @@ class Stage2Task(Task):
         res = self.loss_conf.get("mel_resolutions")
         self.mel_loss = MultiScaleMelLoss(res) if res else MultiScaleMelLoss()
         self.disc_start_step = int(config.get("disc_start_step", 0))
+        seg = config.get("disc_segment_seconds")
+        self.disc_segment = int(round(float(seg) * 16000)) if seg else None
+        self.seed = int(config.get("seed", 0))
         self.generator_params = self._resolve_generator_params()
         self._checked_init = False
 
@@ -256,6 +263,19 @@ class Stage2Task(Task):
         mask = (torch.arange(n, device=wav_hat.device)[None, :] < lengths[:, None]).to(wav_hat.dtype)
         return batch["wav"][:, :n] * mask, wav_hat[:, :n] * mask, lengths
 
+    def _disc_windows(self, wav: torch.Tensor, wav_hat: torch.Tensor, lengths: torch.Tensor, step: int):
+        """Same random window of `disc_segment` samples from each reference/generated pair (inside
+        the item's valid length where it is long enough). Drawn from (seed, step) so a resumed
+        run sees the same windows."""
+        seg = self.disc_segment
+        if seg is None or seg >= wav.shape[-1]:
+            return wav, wav_hat
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        room = (lengths.cpu() - seg).clamp(min=0)
+        starts = (torch.rand(wav.shape[0], generator=gen) * (room + 1)).long().clamp(max=wav.shape[-1] - seg)
+        idx = (starts[:, None] + torch.arange(seg)[None, :]).to(wav.device)
+        return wav.gather(1, idx), wav_hat.gather(1, idx)
+
     def _first_step_checks(self, ctx) -> None:
         if self._checked_init:
             return
@@ -276,10 +296,11 @@ class Stage2Task(Task):
         values: Dict[str, float] = {}
 
         if use_gan:
+            wav_d, wav_hat_d = self._disc_windows(wav, wav_hat, lengths, step)
             # Discriminator: one forward over [real; fake] (one DDP forward per backward).
             batch_size = wav.shape[0]
             with ctx.autocast():
-                logits, _ = disc(torch.cat([wav, wav_hat.detach()], dim=0))
+                logits, _ = disc(torch.cat([wav_d, wav_hat_d.detach()], dim=0))
             real_logits = [lg[:batch_size] for lg in logits]
             fake_logits = [lg[batch_size:] for lg in logits]
             loss_d = self.d_loss_fn(real_logits, fake_logits)
@@ -299,8 +320,8 @@ class Stage2Task(Task):
             try:
                 with ctx.autocast():
                     with torch.no_grad():
-                        _, real_fmaps = disc_raw(wav)
-                    fake_logits, fake_fmaps = disc_raw(wav_hat)
+                        _, real_fmaps = disc_raw(wav_d)
+                    fake_logits, fake_fmaps = disc_raw(wav_hat_d)
                 loss_adv = self.g_loss_fn(fake_logits)
                 loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
             finally:
