@@ -4,6 +4,7 @@ Covers: frozen token side (codes and frozen weights bit-identical after training
 changes), discriminator start step, SIGKILL + resume giving identical logged losses, and the export
 loading with load_codec.
 """
+import copy
 import json
 import os
 import signal
@@ -232,6 +233,25 @@ def test_disc_windows_aligned_inside_lengths_and_seeded(tmp_path):
     assert any(o != a_real[0, 0] for o in others)
     task.disc_segment = None  # off: the whole crop
     assert task._disc_windows(wav, -wav, lengths, step=5)[0] is wav
+
+
+def test_generator_config_overrides_inline_params(setup_dir, tmp_path):
+    """--generator_config (recipe stage 6: the stage-1 export's config.yaml) decides the
+    architecture, even over wrong inline generator_params; without either, a clear error."""
+    init_conf = setup_dir / "stage1_export" / "config.yaml"
+    wrong = copy.deepcopy(GENERATOR_PARAMS)
+    wrong["vocos_kwargs"]["dim"] = 48
+    for params in (wrong, None):
+        config = load_config(str(_config(tmp_path, generator_params=params)),
+                             {"generator_config": str(init_conf)}, task_defaults=Stage2Task.default_config)
+        task = Stage2Task(config, tmp_path)
+        assert task.generator_params == GENERATOR_PARAMS
+        models = task.build_models()
+        task.init_from(models, torch.load(setup_dir / "stage1_export" / "model.ckpt"))
+    config = load_config(str(_config(tmp_path, generator_params=None)), {},
+                         task_defaults=Stage2Task.default_config)
+    with pytest.raises(ValueError, match="generator_config"):
+        Stage2Task(config, tmp_path)
 
 
 def _cmd(conf, exp, init):

@@ -133,8 +133,8 @@ def _check_quantizer_trained(codec: nn.Module, where: str) -> None:
 class Stage2Task(Task):
     default_config: Dict[str, Any] = {
         "task": "stage2",
-        # Codec architecture (released `generator_params` schema). If null, read from
-        # `generator_config` (a released-format config.yaml, e.g. <stage-1 exp>/export/config.yaml).
+        # Codec architecture (released `generator_params` schema), or `generator_config`: a
+        # released-format config.yaml (e.g. <stage-1 exp>/export/config.yaml), which wins if set.
         "generator_params": None,
         "generator_config": None,
         "train_post_rvq_adapter": False,
@@ -182,18 +182,23 @@ class Stage2Task(Task):
 
     # -- construction -------------------------------------------------------------------------
     def _resolve_generator_params(self) -> Dict[str, Any]:
+        """`generator_config` (the config.yaml of the model --init_param loads, e.g. recipe stage 6's
+        <stage-1 exp>/export/config.yaml) wins over inline `generator_params`: it describes the
+        checkpoint that is actually loaded, so configs need not duplicate the architecture."""
+        path = self.config.get("generator_config")
         params = self.config.get("generator_params")
+        if path:
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+            if "generator_params" not in loaded:
+                raise ValueError(f"{path}: no `generator_params` section (expected a released-format config.yaml)")
+            if params and params != loaded["generator_params"]:
+                log.warning("generator_config %s overrides the config's generator_params (they differ)", path)
+            return loaded["generator_params"]
         if params:
             return copy.deepcopy(params)
-        path = self.config.get("generator_config")
-        if not path:
-            raise ValueError("stage 2 needs the codec architecture: set `generator_params` in the config or "
-                             "`generator_config: <stage-1 exp>/export/config.yaml`")
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if "generator_params" not in loaded:
-            raise ValueError(f"{path}: no `generator_params` section (expected a released-format config.yaml)")
-        return loaded["generator_params"]
+        raise ValueError("stage 2 needs the codec architecture: set `generator_params` in the config or "
+                         "`generator_config: <stage-1 exp>/export/config.yaml` (--generator_config)")
 
     def build_models(self) -> Dict[str, nn.Module]:
         from xytok.codec import load_codec
