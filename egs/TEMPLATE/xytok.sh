@@ -303,7 +303,10 @@ fi
 if run_stage 6; then
     log "Stage 6: stage-2 training -> ${stage2_exp} (init from ${stage1_exp}/export)"
     [ -f "$stage1_exp/export/model.ckpt" ] || die "$stage1_exp/export/model.ckpt not found: run stage 5 first"
-    train_stage 2 "$stage2_config" "$stage2_args" "$stage2_exp" --init_param "$stage1_exp/export/model.ckpt"
+    # --generator_config: the architecture comes from the model being loaded (stage2.py lets it
+    # win over any generator_params in the config), so stage-2 configs need not repeat it.
+    train_stage 2 "$stage2_config" "$stage2_args" "$stage2_exp" --init_param "$stage1_exp/export/model.ckpt" \
+        --generator_config "$stage1_exp/export/config.yaml"
 fi
 
 # ---------------------------------------------------------------------------------------------
