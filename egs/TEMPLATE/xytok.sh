@@ -416,7 +416,7 @@ if run_stage 10; then
                 --device "$_device" --output_dir "$model_exp/probe" ${probe_args}
         touch "$model_exp/probe/.done"
     fi
-    log "  $(head -n 1 "$model_exp/probe/wer.txt")"
+    while read -r _line; do log "  ${_line}"; done < "$model_exp/probe/wer.txt"  # %WER and %CER
     # RESULTS.md's WER column is the probe's: refresh it when the test sets are already scored.
     if ls "$model_exp/$inference_tag"/*/score/summary.json > /dev/null 2>&1; then
         ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \
