@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     res.update({"model_config": config, "model_checkpoint": ckpt, "random_init": args.random_init,
                 "train_data": args.train_data, "valid_data": args.valid_data,
                 "features": "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz"
-                            + (f", every {args.subsample}th frame kept ({50 // args.subsample} Hz LSTM input)"
+                            + (f", 1 frame in {args.subsample} kept ({50 // args.subsample} Hz LSTM input)"
                                if args.subsample > 1 else "")
                             + ", standardised per dimension with train-set statistics",
                 "decoding": "greedy CTC, characters"})
