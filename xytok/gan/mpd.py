@@ -15,6 +15,18 @@ Tensor = torch.Tensor
 DiscOutput = Tuple[Tensor, List[Tensor]]  # (logits, feature maps)
 
 
+def conv_stack(x: Tensor, convs: nn.ModuleList, conv_post: nn.Module, negative_slope: float) -> DiscOutput:
+    """The forward shared by every sub-discriminator: leaky-ReLU conv stack, then a 1-channel
+    projection; returns (flattened logits, every layer's feature map for feature matching)."""
+    fmaps = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), negative_slope)
+        fmaps.append(x)
+    x = conv_post(x)
+    fmaps.append(x)
+    return torch.flatten(x, 1), fmaps
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, channels: Sequence[int] = (32, 128, 512, 1024, 1024),
                  kernel_size: int = 5, stride: int = 3, negative_slope: float = 0.1):
@@ -41,13 +53,7 @@ class PeriodDiscriminator(nn.Module):
             wav = F.pad(wav, (0, pad), mode="reflect" if pad < n else "constant")
             n = wav.shape[-1]
         x = wav.view(b, c, n // self.period, self.period)
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), self.negative_slope)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return torch.flatten(x, 1), fmaps
+        return conv_stack(x, self.convs, self.conv_post, self.negative_slope)
 
 
 class MultiPeriodDiscriminator(nn.Module):

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
-from xytok.gan.mpd import DiscOutput
+from xytok.gan.mpd import DiscOutput, conv_stack
 
 Tensor = torch.Tensor
 
@@ -39,13 +39,7 @@ class ScaleDiscriminator(nn.Module):
 
     def forward(self, wav: Tensor) -> DiscOutput:
         x = wav
-        fmaps = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), self.negative_slope)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return torch.flatten(x, 1), fmaps
+        return conv_stack(x, self.convs, self.conv_post, self.negative_slope)
 
 
 class MultiScaleDiscriminator(nn.Module):
