@@ -77,7 +77,7 @@ test_sets=             # space-separated test set names
 
 help_message=$(cat <<EOF
 Usage: $0 --train_set <set> --valid_set <set> --test_sets "<sets>" [options]
-Runs stages \$stage..\$stop_stage of the xytok recipe (see egs/TEMPLATE/xytok.sh for the table).
+Runs stages --stage..--stop_stage of the xytok recipe (see egs/TEMPLATE/xytok.sh for the table).
 EOF
 )
 
