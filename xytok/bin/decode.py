@@ -23,6 +23,7 @@ from typing import List, Tuple
 from xytok.cli import (CLIError, add_model_args, load_model, logger, quantizer_shape,
                        report_failures, run_isolating_failures, run_main,
                        setup_logging)
+from xytok.data.datadir import write_table
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_CODE = 1280
@@ -66,14 +67,6 @@ def decode_batch(codec, batch, device, overlap_seconds, failures):
     """Decode (utt, input) pairs, isolating the utterance that makes a batch fail."""
     return run_isolating_failures(
         lambda items: _decode_group(codec, items, device, overlap_seconds), batch, "decoding", failures, logger)
-
-def write_wav_scp(path: str, entries) -> None:
-    """``utt path`` lines, LC_ALL=C sorted, written atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for utt in sorted(entries, key=lambda s: s.encode("utf-8")):
-            f.write(f"{utt} {entries[utt]}\n")
-    os.replace(tmp, path)
 
 
 def _run(args) -> int:
@@ -132,7 +125,7 @@ def _run(args) -> int:
                 written[utt] = path
                 total_samples += wav.shape[0]
             bar.update(len(keys[i:i + args.batch_size]))
-    write_wav_scp(os.path.join(args.output_dir, "wav.scp"), written)
+    write_table(os.path.join(args.output_dir, "wav.scp"), written)  # LC_ALL=C sorted, atomic
     elapsed = time.time() - start
     audio_s = total_samples / SAMPLE_RATE
     logger.info("wrote %d/%d wav(s) (%.1f s of audio) and wav.scp to %s in %.1f s (RTF %.3f)",

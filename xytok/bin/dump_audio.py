@@ -19,6 +19,7 @@ import time
 from typing import Optional, Sequence
 
 from xytok.audio import AudioError, load_audio, read_wav_scp, write_wav
+from xytok.data.datadir import write_table
 
 log = logging.getLogger("xytok.dump_audio")
 
@@ -39,14 +40,6 @@ class Progress:
             log.info("%s: %d/%d utts, %.1f utt/s, elapsed %.0fs, ETA %.0fs", self.name, done, self.total,
                      rate, el, eta)
             self.last = now
-
-
-def _atomic_lines(path: str, lines) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for line in lines:
-            f.write(line + "\n")
-    os.replace(tmp, path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -71,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     os.makedirs(a.out_dir, exist_ok=True)
     out_dir = os.path.abspath(a.out_dir)
-    scp_lines, n_lines = [], []
+    scp_table, num_samples = {}, {}
     n_resampled = n_clipped = 0
     prog = Progress(len(entries), os.path.basename(a.wav_scp))
     for i, (utt, value) in enumerate(entries.items(), 1):
@@ -83,11 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.error("utterance %s (%s): %s", utt, value, e)
             return 1
         n_resampled += info.resampled
-        scp_lines.append(f"{utt} {out}")
-        n_lines.append(f"{utt} {info.num_samples}")
+        scp_table[utt] = out
+        num_samples[utt] = str(info.num_samples)
         prog.update(i)
-    _atomic_lines(a.out_utt2num_samples, n_lines)
-    _atomic_lines(a.out_scp, scp_lines)  # last: its existence means the shard is complete
+    write_table(a.out_utt2num_samples, num_samples)
+    write_table(a.out_scp, scp_table)  # last: its existence means the shard is complete
     log.info("dumped %d utterances (%d resampled to %d Hz, %d with clipping) to %s", len(entries),
              n_resampled, a.fs, n_clipped, out_dir)
     return 0
