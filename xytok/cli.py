@@ -186,6 +186,17 @@ def run_isolating_failures(process, batch, what: str, failures, log=None):
     return out
 
 
+def log_throughput(what: str, n_done: int, n_total: int, samples: int, dest: str, start: float,
+                   sample_rate: int = 16000) -> None:
+    """The closing line of encode/decode: how much was written, where, and the real-time factor."""
+    import time
+
+    elapsed = time.time() - start
+    audio_s = samples / sample_rate
+    logger.info("wrote %s of %d/%d utterance(s) (%.1f s of audio) to %s in %.1f s (RTF %.3f)",
+                what, n_done, n_total, audio_s, dest, elapsed, elapsed / max(audio_s, 1e-9))
+
+
 def report_failures(failures, what: str) -> int:
     """Log every (utt, reason) failure at the end of a run; return the exit status."""
     if not failures:

@@ -20,8 +20,8 @@ import sys
 import time
 from typing import List, Tuple
 
-from xytok.cli import (CLIError, add_model_args, load_model, logger, quantizer_shape,
-                       report_failures, run_isolating_failures, run_main,
+from xytok.cli import (CLIError, add_model_args, load_model, log_throughput, logger,
+                       quantizer_shape, report_failures, run_isolating_failures, run_main,
                        setup_logging)
 from xytok.data.datadir import write_table
 
@@ -126,10 +126,8 @@ def _run(args) -> int:
                 total_samples += wav.shape[0]
             bar.update(len(keys[i:i + args.batch_size]))
     write_table(os.path.join(args.output_dir, "wav.scp"), written)  # LC_ALL=C sorted, atomic
-    elapsed = time.time() - start
-    audio_s = total_samples / SAMPLE_RATE
-    logger.info("wrote %d/%d wav(s) (%.1f s of audio) and wav.scp to %s in %.1f s (RTF %.3f)",
-                len(written), len(keys), audio_s, args.output_dir, elapsed, elapsed / max(audio_s, 1e-9))
+    log_throughput("wavs + wav.scp", len(written), len(keys), total_samples, args.output_dir, start,
+                   SAMPLE_RATE)
     return report_failures(failures, "utterance(s)")
 
 

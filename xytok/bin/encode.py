@@ -21,8 +21,8 @@ import time
 from collections import OrderedDict
 from typing import List, Tuple
 
-from xytok.cli import (CLIError, add_model_args, load_model, logger, report_failures,
-                       run_isolating_failures, run_main, setup_logging)
+from xytok.cli import (CLIError, add_model_args, load_model, log_throughput, logger,
+                       report_failures, run_isolating_failures, run_main, setup_logging)
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_CODE = 1280  # 16 kHz / 12.5 Hz
@@ -124,10 +124,7 @@ def _run(args) -> int:
                 n_written += 1
                 total_samples += lengths[utt]
             bar.update(len(items[i:i + args.batch_size]))
-    elapsed = time.time() - start
-    audio_s = total_samples / SAMPLE_RATE
-    logger.info("wrote codes of %d/%d utterance(s) (%.1f s of audio) to %s in %.1f s (RTF %.3f)",
-                n_written, len(items), audio_s, args.output, elapsed, elapsed / max(audio_s, 1e-9))
+    log_throughput("codes", n_written, len(items), total_samples, args.output, start, SAMPLE_RATE)
     return report_failures(failures, "utterance(s)")
 
 
