@@ -12,7 +12,7 @@ import torch
 
 from xytok import cli
 from xytok.io_codes import read_codes, write_codes
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 GOLDEN = str(TINY_A)
 if not os.path.isdir(GOLDEN):

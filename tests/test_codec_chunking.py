@@ -5,8 +5,6 @@ nothing can depend on one particular checkpoint.
 """
 
 import copy
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ import torch
 import yaml
 
 from xytok.codec import build_codec
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import GOLDEN as _GOLDEN
 
 GOLDEN = _GOLDEN
 

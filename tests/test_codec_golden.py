@@ -1,7 +1,5 @@
 """Numerical equivalence with the official XY-Tokenizer on tiny_a (golden README sections 4-6)."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +7,7 @@ import soundfile as sf
 import torch
 
 from xytok.codec import load_codec
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 TINY = TINY_A
 FEAT_ATOL = 5e-5   # mel/encoder side (FFT rounding on low-energy bins, README section 5)

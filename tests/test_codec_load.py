@@ -1,8 +1,6 @@
 """Building from the released config, strict checkpoint loading and its error messages."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +8,7 @@ import yaml
 
 from xytok.checkpoint import CheckpointMismatchError
 from xytok.codec import XYTokenizer, build_codec, load_codec
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import GOLDEN as _GOLDEN
 
 GOLDEN = _GOLDEN
 TINY = GOLDEN / "tiny_a"

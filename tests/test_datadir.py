@@ -1,6 +1,5 @@
 """Data-dir tools: utils/*.sh|*.pl wrappers over xytok/data/datadir.py."""
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -9,7 +9,7 @@ from xytok.bin.collect_results import main as collect_main
 from xytok.bin.make_results import main as make_main
 from xytok.bin.score import main as score_main
 from xytok.eval.results import COLUMNS, codec_info
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 GOLDEN_CFG = str(TINY_A / "config.yaml")

@@ -1,7 +1,5 @@
 """Front end vs the official extractor (golden data from the official XY-Tokenizer code)."""
 
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +7,7 @@ import soundfile as sf
 import torch
 
 from xytok.frontend import N_SAMPLES_30S, log_mel, mel_filters, utterance_log_mel
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import GOLDEN as _GOLDEN
 
 GOLDEN = _GOLDEN
 TINY = GOLDEN / "tiny_a"

@@ -1,5 +1,4 @@
 """utils/parse_options.sh: spellings, unknown options, strict booleans, --config first, --help."""
-import os
 import subprocess
 import textwrap
 from pathlib import Path

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xytok.eval.probe import CharVocab, ProbeConfig, extract_zq, lr_factor, resolve_model, train_and_evaluate
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 GOLDEN = TINY_A
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_helpers import assert_c_sorted, make_recipe, read_kv, run  # noqa: E402
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 GOLDEN = TINY_A / "expected_short.npz"
 NEEDS = [t for t in ("flite", "sox") if shutil.which(t) is None]

@@ -1,6 +1,5 @@
 """Residual VQ: official-inference equality on the golden tiny_a data, and the training path."""
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,7 @@ import torch
 import yaml
 
 from xytok.nn.rvq import ResidualVQ, kmeans
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import GOLDEN as _GOLDEN
 
 GOLDEN = _GOLDEN
 TINY_A = GOLDEN / "tiny_a"

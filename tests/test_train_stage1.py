@@ -4,7 +4,6 @@ Everything runs a tiny codec on synthetic audio (a few steps), in subprocesses l
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_TINY = TINY_A / "config.yaml"

@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers", reason="needs transformers (pip install xytok[hf])")
 
 from xytok.whisper_init import WhisperInitError, load_whisper_encoder_into  # noqa: E402
-from golden import GOLDEN as _GOLDEN, TINY_A
+from golden import TINY_A
 
 GOLDEN = str(TINY_A)
 if not os.path.isdir(GOLDEN):  # repo-local fallback

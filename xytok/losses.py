@@ -9,7 +9,6 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from xytok.frontend import mel_filters
 

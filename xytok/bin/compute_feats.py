@@ -22,7 +22,7 @@ import kaldiio
 import numpy as np
 
 from xytok.audio import AudioError, load_audio, read_wav_scp
-from xytok.bin.dump_audio import Progress
+from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.compute_feats")
 
@@ -59,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Absolute ark path in the scp, so it stays valid from any working directory.
     out_ark = os.path.abspath(a.out_ark)
     tmp_scp = f"{a.out_scp}.tmp{os.getpid()}"
-    prog = Progress(len(entries), os.path.basename(a.wav_scp))
+    prog = ProgressLog(len(entries), os.path.basename(a.wav_scp), logger=log)
     frames_total = 0
     try:
         with kaldiio.WriteHelper(f"ark,scp:{out_ark},{tmp_scp}") as writer:

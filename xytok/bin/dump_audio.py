@@ -15,31 +15,13 @@ import argparse
 import logging
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 from xytok.audio import AudioError, load_audio, read_wav_scp, write_wav
 from xytok.data.datadir import write_table
+from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.dump_audio")
-
-
-class Progress:
-    """Log lines with rate and ETA every `every` seconds (cluster logs are files: no tqdm bars)."""
-
-    def __init__(self, total: int, name: str, every: float = 10.0):
-        self.total, self.name, self.every = total, name, every
-        self.t0 = self.last = time.time()
-
-    def update(self, done: int) -> None:
-        now = time.time()
-        if now - self.last >= self.every or done == self.total:
-            el = max(now - self.t0, 1e-6)
-            rate = done / el
-            eta = (self.total - done) / rate if rate > 0 else float("inf")
-            log.info("%s: %d/%d utts, %.1f utt/s, elapsed %.0fs, ETA %.0fs", self.name, done, self.total,
-                     rate, el, eta)
-            self.last = now
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -66,7 +48,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = os.path.abspath(a.out_dir)
     scp_table, num_samples = {}, {}
     n_resampled = n_clipped = 0
-    prog = Progress(len(entries), os.path.basename(a.wav_scp))
+    prog = ProgressLog(len(entries), os.path.basename(a.wav_scp), logger=log)
     for i, (utt, value) in enumerate(entries.items(), 1):
         try:
             wav, info = load_audio(value, target_sr=a.fs, utt=utt)

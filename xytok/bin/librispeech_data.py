@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 
+from xytok.progress import ProgressLog
+
 log = logging.getLogger("xytok.librispeech_data")
 
 AUDIO_EXTS = (".flac", ".wav")
@@ -70,7 +72,7 @@ def scan_part(part_dir: Path, check_audio: bool = True) -> List[Tuple[str, str, 
     chapters = sorted(p for p in part_dir.glob("*/*") if p.is_dir())
     if not chapters:
         raise DataPrepError(f"{part_dir}: no <speaker>/<chapter> directories (is this a LibriSpeech part?)")
-    t0, last = time.time(), time.time()
+    prog = ProgressLog(len(chapters), part_dir.name, unit="chapters", logger=log)
     for i, chap_dir in enumerate(chapters, 1):
         spk, chap = chap_dir.parent.name, chap_dir.name
         trans_file = chap_dir / f"{spk}-{chap}.trans.txt"
@@ -96,11 +98,7 @@ def scan_part(part_dir: Path, check_audio: bool = True) -> List[Tuple[str, str, 
             if check_audio:
                 _check_audio(audio[utt])
             rows.append((utt, str(audio[utt].resolve()), text, spk))
-        if time.time() - last > 10:
-            el = time.time() - t0
-            log.info("%s: %d/%d chapters, %d utts, %.1f chapters/s, ETA %.0fs", part_dir.name, i,
-                     len(chapters), len(rows), i / el, (len(chapters) - i) * el / i)
-            last = time.time()
+        prog.update(i, extra=f" ({len(rows)} utts)")
     if not rows:
         raise DataPrepError(f"{part_dir}: no utterances found")
     # C-locale order = Python's code-point order for the ASCII ids LibriSpeech uses.

@@ -33,8 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import soundfile as sf
+
+from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.make_mini_corpus")
 
@@ -201,15 +202,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         d.mkdir(parents=True, exist_ok=True)
     log.info("%d synthetic utterances planned, %d to synthesize with %d jobs", len(rows), len(todo), a.nj)
     t0 = time.time()
-    done = 0
+    done, prog = 0, ProgressLog(len(todo), "synthesized", logger=log)
     try:
         with tempfile.TemporaryDirectory() as tmpdir, ThreadPoolExecutor(max(1, a.nj)) as ex:
             for _ in ex.map(lambda r: synthesize(r[0], r[1], r[2], tmpdir), todo):
                 done += 1
-                if done % 50 == 0 or done == len(todo):
-                    el = time.time() - t0
-                    log.info("synthesized %d/%d (%.1f utt/s, ETA %.0fs)", done, len(todo), done / el,
-                             (len(todo) - done) * el / done)
+                prog.update(done)
         for chap_dir, lines in trans.items():
             _write_trans(chap_dir, lines)
         n_real = 0 if a.no_librivox else len(add_librivox(out, a.librivox_dir))

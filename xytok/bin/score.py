@@ -9,7 +9,6 @@ Writes OUT/utt_scores.tsv, OUT/summary.json, OUT/wer.txt (Kaldi %WER form), OUT/
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 

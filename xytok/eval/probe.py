@@ -25,6 +25,7 @@ from torch import nn
 
 from xytok.eval.normalizer import BasicEnglishNormalizer
 from xytok.eval.wer import corpus_error_counts
+from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.probe")
 UPSAMPLE = 4  # 12.5 Hz -> 50 Hz by frame repetition
@@ -96,7 +97,7 @@ def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint:
         log.info("%s: using cached features %s", name, scp)
         return str(scp)
     feat_dir.mkdir(parents=True, exist_ok=True)
-    start, skipped = time.time(), 0
+    prog, skipped = ProgressLog(len(wavs), f"{name}: features", logger=log), 0
     with kaldiio.WriteHelper(f"ark,scp:{feat_dir / name}.ark,{scp}") as writer:
         for i, utt in enumerate(sorted(wavs), 1):
             wav, _ = load_wav(wavs[utt])
@@ -105,10 +106,7 @@ def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint:
             except ValueError as e:
                 skipped += 1
                 log.warning("%s: %s: skipped (%s)", name, utt, e)
-            if i % max(1, len(wavs) // 10) == 0 or i == len(wavs):
-                el = time.time() - start
-                log.info("%s: features %d/%d (%.1f utt/s, ETA %.0f s)", name, i, len(wavs), i / el,
-                         el / i * (len(wavs) - i))
+            prog.update(i)
     meta_path.write_text(json.dumps(meta))
     return str(scp)
 

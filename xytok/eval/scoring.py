@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import time
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from xytok.eval.inputs import AudioReadError, load_wav
-from xytok.eval.metrics import SIGNAL_METRICS, MetricError, compute_signal_metrics
+from xytok.eval.metrics import SIGNAL_METRICS, compute_signal_metrics
+from xytok.progress import ProgressLog
 
 ALL_METRICS = SIGNAL_METRICS + ("sim", "wer")
 log = logging.getLogger("xytok.score")
@@ -134,13 +133,7 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
         log.warning("%d hypothesis utterances have no reference and are ignored (e.g. %s)", len(extra), extra[0])
     nj = max(1, min(nj, len(jobs)))
     results = []
-    start = time.time()
-
-    def progress(i):
-        if i == len(jobs) or i % max(1, len(jobs) // 20) == 0:
-            el = time.time() - start
-            eta = el / i * (len(jobs) - i)
-            log.info("scored %d/%d utterances (%.2f utt/s, ETA %.0f s)", i, len(jobs), i / max(el, 1e-9), eta)
+    progress = ProgressLog(len(jobs), "scored", logger=log).update
 
     if nj == 1:
         _init_worker(cfg)

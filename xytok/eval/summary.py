@@ -6,7 +6,7 @@ import math
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from xytok.eval.metrics import SAMPLE_RATE, SIGNAL_METRICS
+from xytok.eval.metrics import SAMPLE_RATE
 from xytok.eval.stats import CI_METHOD, mean_ci
 from xytok.eval.wer import corpus_error_counts
 

@@ -4,11 +4,10 @@ Identical 1-D conv stacks judge the waveform at 1x, 2x and 4x average-pooled res
 coarse scales focus on longer-range structure. The first (raw-rate) scale uses spectral norm as in
 HiFi-GAN, the others weight norm.
 """
-from typing import List, Sequence
+from typing import List
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 from xytok.gan.mpd import DiscOutput, conv_stack

@@ -8,7 +8,6 @@ from typing import List, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 from xytok.gan.mpd import DiscOutput, conv_stack

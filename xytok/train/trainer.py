@@ -11,7 +11,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
