@@ -48,6 +48,13 @@ def test_make_results_and_collect(tmp_path):
         "probe_config": {"hidden": 256, "num_layers": 2, "epochs": 20, "lr": 0.001, "seed": 0},
         "train_data": "dump/raw/train", "valid_data": "dump/raw/dev", "n_train": 100, "n_valid": 20,
         "features": "z_q", "decoding": "greedy CTC", "model_config": str(exp / "export" / "config.yaml")}))
+    (exp / "probe_random_init").mkdir()  # stage 10 with --probe_baseline true
+    (exp / "probe_random_init" / "probe.json").write_text(json.dumps({
+        "wer": 0.9041, "cer": 0.87, "wer_counts": {"kaldi": "%WER 90.41 [ 73 / 81, 0 ins, 60 del, 13 sub ]"},
+        "cer_counts": {"kaldi": "%CER 87.00 [ 87 / 100, 0 ins, 87 del, 0 sub ]"}, "random_init": True}))
+    pj = json.loads((probe / "probe.json").read_text())
+    pj["cer_counts"] = {"kaldi": "%CER 20.00 [ 20 / 100, 1 ins, 4 del, 15 sub ]"}
+    (probe / "probe.json").write_text(json.dumps(pj))
 
     assert make_main(["--recipe_dir", str(recipe), "--exp_dir", str(decode), "--test_sets", "test"]) == 0
     md = (recipe / "RESULTS.md").read_text()
@@ -59,6 +66,9 @@ def test_make_results_and_collect(tmp_path):
     assert cells[1:4] == ["300", "12.5", "0.43"]  # BPS, frame rate, probe WER
     assert cells[6] == f"{summary['metrics']['pesq_nb']['mean']:.2f}"
     assert cells[8] == f"{100 * summary['wer']['recon_vs_text']['rate']:.2f}%" and cells[9] == "2"
+    control = next(ln for ln in md.splitlines() if ln.startswith("| stage1_tiny, random init (probe control) |"))
+    assert [c.strip() for c in control.strip("|").split("|")][1:4] == ["300", "12.5", "0.90"]
+    assert "%WER 90.41 [ 73 / 81" in md and "%CER 20.00" in md
     gt = next(ln for ln in md.splitlines() if ln.startswith("| ground truth |"))
     assert f"{100 * summary['wer']['ref_vs_text']['rate']:.2f}%" in gt
     for needle in ("pesq.pesq(16000, ref, deg, 'nb')", "pocketsphinx", "basic_english", "95% CI", "Student t",

@@ -40,16 +40,37 @@ def test_splits(mini):
         sizes[s] = len(texts[s])
         spks = set(read_kv(d / "utt2spk").values())
         assert {"1001", "1002", "1003", "1004", "1005", "1006"} <= spks
-    assert sizes == {"train": 200, "dev": 30, "test": 35}
+    assert sizes == {"train": 1400, "dev": 30, "test": 35}
     # split by sentence: no dev/test sentence occurs in training
     train_sents = set(texts["train"].values())
+    assert len(train_sents) == 130 + 600  # Harvard lists 1-10, 13-15 + local/extra_sentences.txt
     assert not train_sents & set(texts["dev"].values())
     assert not train_sents & set(texts["test"].values())
     assert texts["test"]["9000-1-0880"] == "HE WAS NOT AN ILL DISPOSED YOUNG MAN"
     assert texts["train"]["1001-1-0101"] == "THE BIRCH CANOE SLID ON THE SMOOTH PLANKS"
+    # each extra sentence is read by two voices, three speakers apart
+    assert texts["train"]["1001-1-10101"] == texts["train"]["1004-1-10101"] == \
+        "A COPPER KETTLE WHISTLED ON THE BACK OF THE STOVE"
     for n in (1, 2, 3, 4):
         assert f"Stage {n}:" in r.stdout
     assert "Successfully finished. [elapsed=" in r.stdout
+
+
+def test_plan_extra_sentences():
+    from xytok.bin.make_mini_corpus import CorpusError, plan, read_sentences
+
+    recipe = Path(__file__).resolve().parents[1] / "egs" / "mini" / "local"
+    harvard = read_sentences(str(recipe / "harvard_sentences.txt"))
+    extra = {(101, 1): "One more line.", (101, 2): "And another one."}
+    rows = plan(harvard, extra, extra_voices=3)
+    added = [r for r in rows if r[2] in ("10101", "10102")]
+    assert len(added) == 6 and {r[0] for r in added} == {"train"}
+    assert len({(r[1], r[2]) for r in added}) == 6  # three distinct voices per sentence
+    assert len(rows) == len(plan(harvard)) + 6
+    with pytest.raises(CorpusError, match="list numbers >= 100"):
+        plan(harvard, {(12, 1): "clash with a test list"})
+    with pytest.raises(CorpusError, match="extra_voices"):
+        plan(harvard, extra, extra_voices=7)
 
 
 def test_features_match_official_mel(mini):

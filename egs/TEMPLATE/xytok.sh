@@ -68,6 +68,7 @@ scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score
 asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
 scoring_args=          # extra arguments for xytok score
 probe_args=            # extra arguments for the text-alignment probe (stage 10)
+probe_baseline=false   # stage 10 also probes a randomly initialised codec of the same config (control)
 pack_args=             # extra arguments for pack_model (stage 11)
 
 # Data sets
@@ -404,19 +405,27 @@ fi
 
 if run_stage 10; then
     log "Stage 10: text-alignment probe -> ${model_exp}/probe"
-    if [ -f "$model_exp/probe/.done" ]; then
-        log "  already probed"
-    else
-        mkdir -p "$model_exp/probe"
-        write_exp_run_sh "$model_exp/probe" 10
-        # shellcheck disable=SC2086
-        ${_infer_cmd} "$model_exp/probe/probe.log" \
-            ${python} -m xytok.bin.probe --config "$model_config" --checkpoint "$model_ckpt" \
-                --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
-                --device "$_device" --output_dir "$model_exp/probe" ${probe_args}
-        touch "$model_exp/probe/.done"
-    fi
-    while read -r _line; do log "  ${_line}"; done < "$model_exp/probe/wer.txt"  # %WER and %CER
+    # run_probe DIR [EXTRA ARGS]: one probe run (trained codec, or --random_init for the control).
+    run_probe() {
+        local dir=$1; shift
+        if [ -f "$dir/.done" ]; then
+            log "  $dir: already probed"
+        else
+            mkdir -p "$dir"
+            write_exp_run_sh "$dir" 10
+            # shellcheck disable=SC2086
+            ${_infer_cmd} "$dir/probe.log" \
+                ${python} -m xytok.bin.probe --config "$model_config" --checkpoint "$model_ckpt" \
+                    --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
+                    --device "$_device" --output_dir "$dir" ${probe_args} "$@"
+            touch "$dir/.done"
+        fi
+        while read -r _line; do log "  ${dir##*/}: ${_line}"; done < "$dir/wer.txt"  # %WER and %CER
+    }
+    run_probe "$model_exp/probe"
+    # Control: the same probe on an untrained codec of the same architecture. The trained codec's
+    # tokens should carry more text, i.e. give a lower WER/CER than this.
+    "$probe_baseline" && run_probe "$model_exp/probe_random_init" --random_init
     # RESULTS.md's WER column is the probe's: refresh it when the test sets are already scored.
     if ls "$model_exp/$inference_tag"/*/score/summary.json > /dev/null 2>&1; then
         ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \

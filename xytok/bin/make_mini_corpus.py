@@ -76,8 +76,12 @@ def read_sentences(path: str) -> Dict[Tuple[int, int], str]:
     return out
 
 
-def plan(sentences: Dict[Tuple[int, int], str]) -> List[Tuple[str, str, str, str]]:
-    """(part, spk, utt_number, sentence) for every synthetic utterance."""
+def plan(sentences: Dict[Tuple[int, int], str], extra: Optional[Dict[Tuple[int, int], str]] = None,
+         extra_voices: int = 2) -> List[Tuple[str, str, str, str]]:
+    """(part, spk, utt_number, sentence) for every synthetic utterance.
+
+    `extra`: more training-only sentences (list numbers >= 100, so utterance numbers never clash with
+    the Harvard lists), each read by `extra_voices` of the 6 speakers, rotating."""
     spks = sorted(SPEAKERS)
     rows = []
 
@@ -95,6 +99,16 @@ def plan(sentences: Dict[Tuple[int, int], str]) -> List[Tuple[str, str, str, str
         rows.append(("train", spks[i % 6], num(k), sentences[k]))
         if i < 70:
             rows.append(("train", spks[(i + 3) % 6], num(k), sentences[k]))
+    if extra:
+        if not 1 <= extra_voices <= len(spks):
+            raise CorpusError(f"--extra_voices must be 1..{len(spks)}, got {extra_voices}")
+        low = [k for k in extra if k[0] < 100]
+        if low:
+            raise CorpusError(f"extra sentences must use list numbers >= 100 (found list {low[0][0]})")
+        step = len(spks) // extra_voices
+        for i, k in enumerate(sorted(extra)):
+            for j in range(extra_voices):
+                rows.append(("train", spks[(i + j * step) % len(spks)], num(k), extra[k]))
     for part, lists in (("dev", DEV_LISTS), ("test", TEST_LISTS)):
         for i, k in enumerate(keys(lists)):
             for off in (0, 2, 4):
@@ -168,6 +182,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                             "LibriSpeech layout.")
     p.add_argument("--sentences", required=True, help="Harvard sentence file ('<list>.<n> sentence' lines)")
     p.add_argument("--out", required=True, help="output dir (plays the role of LibriSpeech/): train/ dev/ test/")
+    p.add_argument("--extra_sentences", default=None,
+                   help="more training-only sentences, same format, list numbers >= 100")
+    p.add_argument("--extra_voices", type=int, default=2, help="speakers reading each extra sentence")
     p.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
     p.add_argument("--no_librivox", action="store_true", help="leave out the pocketsphinx-testdata utterances")
     p.add_argument("--librivox_dir", default=LIBRIVOX_DIR)
@@ -178,7 +195,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.error("'%s' not found: install the Debian packages flite and sox (tools/install.sh does it)", tool)
             return 1
     try:
-        rows = plan(read_sentences(a.sentences))
+        extra = read_sentences(a.extra_sentences) if a.extra_sentences else None
+        rows = plan(read_sentences(a.sentences), extra, a.extra_voices)
     except (OSError, CorpusError) as e:
         log.error("%s", e)
         return 1

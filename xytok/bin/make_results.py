@@ -38,6 +38,7 @@ def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -
 
     sets = test_sets or sorted(p.parent.parent.name for p in exp_dir.glob("*/score/summary.json"))
     probe = find_probe(exp_dir)
+    control = find_probe(exp_dir, "probe_random_init")
     info = codec_info(find_config(exp_dir, probe))
     entries = []
     for ts in sets:
@@ -57,8 +58,8 @@ def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -
                                               resolve_audio_list(inp["hyp"]), exp_dir / ts / "plots", f"{name} {ts}")
             except (OSError, KeyError, ValueError) as e:
                 log.warning("%s: plots skipped (%s)", score_dir, e)
-        entries.append({"name": name, "test_set": ts, "summary": summary, "probe": probe, "info": info,
-                        "plots": [os.path.relpath(p, recipe_dir) for p in written]})
+        entries.append({"name": name, "test_set": ts, "summary": summary, "probe": probe, "probe_control": control,
+                        "info": info, "plots": [os.path.relpath(p, recipe_dir) for p in written]})
     return entries
 
 

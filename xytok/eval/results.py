@@ -76,9 +76,12 @@ def load_json(path):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-def find_probe(exp_dir: Path) -> dict | None:
-    """Probe results of the model whose decode dir is exp_dir (= <model_exp>/<inference_tag>)."""
-    for cand in (exp_dir / "probe" / "probe.json", exp_dir.parent / "probe" / "probe.json"):
+def find_probe(exp_dir: Path, name: str = "probe") -> dict | None:
+    """Probe results of the model whose decode dir is exp_dir (= <model_exp>/<inference_tag>).
+
+    name="probe_random_init" finds the control run (same probe, randomly initialised codec)."""
+    exp_dir = Path(exp_dir)
+    for cand in (exp_dir / name / "probe.json", exp_dir.parent / name / "probe.json"):
         if cand.is_file():
             return json.loads(cand.read_text())
     return None
@@ -108,6 +111,15 @@ def model_row(name, summary, probe, info) -> dict:
         "WER (recon)": f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
         "N": str(n),
     }
+
+
+def probe_control_row(name, control, info) -> dict:
+    """Row of the probe control: only WER (the probe on a randomly initialised codec) is meaningful."""
+    row = {c: DASH for c in COLUMNS}
+    row.update({"Codec": f"{name}, random init (probe control)", "BPS": _fmt_bps(info["bps"]),
+                "Frame rate": DASH if info["frame_rate"] is None else f"{info['frame_rate']:g}",
+                "WER": _f(control["wer"]), "N": DASH})
+    return row
 
 
 def ground_truth_row(summary) -> dict | None:
@@ -144,7 +156,7 @@ def ci_lines(name, summary) -> list[str]:
     return out
 
 
-def protocol_lines(summary, probe, test_set) -> list[str]:
+def protocol_lines(summary, probe, test_set, control=None) -> list[str]:
     p = summary.get("protocol", {})
     v = summary.get("versions", {})
     wer = summary.get("wer", {})
@@ -176,6 +188,11 @@ def protocol_lines(summary, probe, test_set) -> list[str]:
                      f"printed as a fraction like the paper (`{probe['wer_counts']['kaldi']}`).")
     else:
         lines.append("- WER (probe): not run yet (recipe stage 10).")
+    if probe and control:
+        lines.append(f"- Probe control: the same probe on a randomly initialised codec of the same config "
+                     f"(`{control['wer_counts']['kaldi']}`, `{control['cer_counts']['kaldi']}`); trained codec: "
+                     f"`{probe['wer_counts']['kaldi']}`, `{probe['cer_counts']['kaldi']}`. A codec whose tokens "
+                     f"carry text scores lower than its control.")
     lines.append(f"- Confidence intervals: {p.get('ci', '?')}.")
     lines.append(f"- torch {v.get('torch')}, numpy {v.get('numpy')}, scipy {v.get('scipy')}, "
                  f"Python {platform.python_version()}.")
@@ -192,6 +209,7 @@ def write_results_md(output, entries, title="RESULTS") -> str:
            "Paper layout (Gong et al., arXiv 2506.23325, main table) plus `WER (recon)` and `N`.", ""]
     for test_set, es in by_set.items():
         rows = [model_row(e["name"], e["summary"], e["probe"], e["info"]) for e in es]
+        rows += [probe_control_row(e["name"], e["probe_control"], e["info"]) for e in es if e.get("probe_control")]
         gt = ground_truth_row(es[0]["summary"])
         if gt:
             rows.append(gt)
@@ -199,7 +217,7 @@ def write_results_md(output, entries, title="RESULTS") -> str:
                 "WER = text-alignment probe WER (fraction); WER (recon) = ASR on reconstructions vs the "
                 "reference transcripts (%); ground truth = reference audio through the same ASR "
                 "(its SIM/STOI/PESQ vs itself are trivial: —).", "", "### Protocol", ""]
-        out += protocol_lines(es[0]["summary"], es[0]["probe"], test_set)
+        out += protocol_lines(es[0]["summary"], es[0]["probe"], test_set, es[0].get("probe_control"))
         out += ["", "### Means with 95% confidence intervals", ""]
         for e in es:
             out += ci_lines(e["name"], e["summary"])
