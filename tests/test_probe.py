@@ -157,3 +157,24 @@ def test_probe_cli_and_feature_cache(librivox_dirs, tmp_path, monkeypatch):
     # A different model (random init) invalidates the cache.
     with pytest.raises(AssertionError, match="codec loaded"):
         main(args[:2] + ["--random_init"] + args[4:])
+
+
+def test_probe_random_init_control(librivox_dirs, tmp_path):
+    """--random_init: k-means codebooks (step 0) give frame-varying z_q; zero codebooks a constant."""
+    import kaldiio
+
+    from xytok.bin.probe import main
+
+    d = librivox_dirs
+    common = ["--config", str(GOLDEN / "config.yaml"), "--random_init", "--train_data", str(d / "train"),
+              "--valid_data", str(d / "valid"), "--epochs", "1", "--hidden", "8"]
+    spread = {}
+    for init in ("kmeans", "zero"):
+        out = tmp_path / init
+        assert main(common + ["--out", str(out), "--codebook_init", init]) == 0
+        res = json.loads((out / "probe.json").read_text())
+        assert res["random_init"] and res["model_checkpoint"] is None and res["codebook_init"] == init
+        feats = [m for _, m in kaldiio.load_scp_sequential(str(out / "feats" / "train.scp"))]
+        spread[init] = max(float(np.asarray(m).std(0).max()) for m in feats)
+    assert spread["zero"] < 1e-5 < spread["kmeans"]
+    assert res["codebook_init_frames"] is None

@@ -230,6 +230,30 @@ def test_kmeans_init_on_first_batch():
     assert (cb0.max(0).values <= data.max(0).values + 1e-5).all()
 
 
+def test_init_codebooks_builds_a_step0_quantizer():
+    """init_codebooks: every layer k-means-initialised on the residual, so an untrained RVQ codes
+    different frames differently (a zero codebook maps all of them to code 0)."""
+    torch.manual_seed(0)
+    rvq = ResidualVQ(6, 4, 6, num_quantizers=3, codebook_size=8, codebook_dim=4).eval()
+    x = torch.randn(1, 6, 200)
+    with torch.no_grad():
+        zq0, codes0, _, _ = rvq(x)
+    assert codes0.unique().tolist() == [0] and torch.allclose(zq0, zq0[:, :, :1].expand_as(zq0))
+    rvq.init_codebooks(x)
+    assert all(bool(q.inited) and q.codebook.abs().sum() > 0 for q in rvq.quantizers)
+    with torch.no_grad():
+        zq, codes, _, _ = rvq(x)
+        target = rvq.input_proj(x)
+    assert all(len(codes[i].unique()) > 4 for i in range(3))
+    # each layer quantizes what the previous ones left: the residual error shrinks layer by layer
+    errors, residual = [], target.clone()
+    for q in rvq.quantizers:
+        value, _, _, _ = q(residual)
+        residual = residual - value
+        errors.append(residual.pow(2).mean().item())
+    assert errors[0] < target.pow(2).mean().item() and errors[2] < errors[1] < errors[0]
+
+
 def test_kmeans_is_a_fixed_point_of_lloyd():
     g = torch.Generator().manual_seed(3)
     centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])

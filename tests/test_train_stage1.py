@@ -289,3 +289,40 @@ def test_overrides_and_print_config(tmp_path):
     res = subprocess.run([sys.executable, "-m", "xytok.bin.train", "--print_config", "--max_steps", "9"],
                          env=env(), capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and yaml.safe_load(res.stdout)["max_steps"] == 9
+
+
+def test_semantic_ctc_pretrain_then_stage1_starts_from_it(tmp_path):
+    """xytok.bin.train_semantic_ctc (the debug stand-in for Whisper) -> stage-1 `semantic_init`."""
+    from xytok.bin.train_semantic_ctc import main as ctc_main
+    from xytok.train.stage1 import Stage1Task
+    from xytok.train.trainer import load_config
+
+    train = make_data_dir(tmp_path, "train", 8, 0, with_feats=True)
+    dev = make_data_dir(tmp_path, "dev", 3, 1, with_feats=True)
+    cfg = write_config(tmp_path, make_spm(tmp_path), frozen=["codec.semantic_encoder"],
+                       semantic_ctc_pretrain={"epochs": 2, "batch_size": 4})
+    out = tmp_path / "ctc"
+    args = ["--config", str(cfg), "--train_data", str(train), "--valid_data", str(dev), "--out", str(out)]
+    assert ctc_main(args + ["--lr", "1e-3"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    assert (res["epochs"], res["batch_size"], res["lr"]) == (2, 4, 1e-3)  # config block, then the CLI
+    assert res["cer"] >= 0 and res["cer_kaldi"].startswith("%CER ") and (out / ".done").is_file()
+    state = torch.load(out / "semantic_encoder.pth", map_location="cpu", weights_only=True)
+    mtime = (out / "semantic_encoder.pth").stat().st_mtime_ns
+    assert ctc_main(args) == 0 and (out / "semantic_encoder.pth").stat().st_mtime_ns == mtime  # done: kept
+
+    conf = load_config(str(cfg), {"semantic_init": str(out / "semantic_encoder.pth")},
+                       task_defaults=Stage1Task.default_config)
+    model = Stage1Task(conf, tmp_path / "exp").build_models()["stage1"]
+    got = model.codec.semantic_encoder.state_dict()
+    assert all(torch.equal(got[k], state[k]) for k in state)
+    assert not any(p.requires_grad for p in model.codec.semantic_encoder.parameters())  # frozen, as Whisper
+
+    (out / ".done").unlink()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"generator_params": tiny_generator_params(), "semantic_ctc_pretrain": {"epoch": 2}}))
+    with pytest.raises(ValueError, match="unknown keys \\['epoch'\\]"):
+        ctc_main(["--config", str(bad)] + args[2:])
+    conf["semantic_init"] = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth not found"):
+        Stage1Task(conf, tmp_path / "exp").build_models()

@@ -298,7 +298,21 @@ train_stage() {
 
 if run_stage 5; then
     log "Stage 5: stage-1 training -> ${stage1_exp}"
-    train_stage 1 "$stage1_config" "$stage1_args" "$stage1_exp"
+    _s1_extra=()
+    # A stage-1 config with a `semantic_ctc_pretrain:` block (debug sizes, which cannot load Whisper)
+    # first trains its semantic encoder with character CTC, then starts stage 1 from it.
+    if [ -f "$stage1_config" ] && grep -q '^semantic_ctc_pretrain:' "$stage1_config" \
+        && ! { [ -f "$stage1_exp/.done" ] && [ -f "$stage1_exp/export/model.ckpt" ]; }; then
+        _ctc_dir=$stage1_exp/semantic_ctc
+        log "  semantic encoder CTC pre-training (stand-in for Whisper) -> ${_ctc_dir} (log: ${_ctc_dir}/ctc.log)"
+        mkdir -p "$_ctc_dir"
+        ${train_cmd} "$_ctc_dir/ctc.log" \
+            ${python} -m xytok.bin.train_semantic_ctc --config "$stage1_config" \
+                --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" --out "$_ctc_dir"
+        log "  semantic encoder on ${valid_set}: $(grep -h '^%CER' "$_ctc_dir/ctc.log" | tail -n 1)"
+        _s1_extra=(--semantic_init "$_ctc_dir/semantic_encoder.pth")
+    fi
+    train_stage 1 "$stage1_config" "$stage1_args" "$stage1_exp" "${_s1_extra[@]}"
 fi
 
 if run_stage 6; then
@@ -422,10 +436,18 @@ if run_stage 10; then
         fi
         while read -r _line; do log "  ${dir##*/}: ${_line}"; done < "$dir/wer.txt"  # %WER and %CER
     }
+    # Control (--probe_baseline true): the same probe on an untrained codec of the same architecture
+    # (random weights, k-means codebooks as at training step 0); a codec whose tokens carry text gives
+    # a lower WER/CER. It runs beside the main probe (each probe is one single-threaded process).
+    _control_pid=
+    if "$probe_baseline"; then
+        run_probe "$model_exp/probe_random_init" --random_init &
+        _control_pid=$!
+    fi
     run_probe "$model_exp/probe"
-    # Control: the same probe on an untrained codec of the same architecture. The trained codec's
-    # tokens should carry more text, i.e. give a lower WER/CER than this.
-    "$probe_baseline" && run_probe "$model_exp/probe_random_init" --random_init
+    if [ -n "$_control_pid" ]; then
+        wait "$_control_pid" || die "probe control failed: see $model_exp/probe_random_init/probe.log"
+    fi
     # RESULTS.md's WER column is the probe's: refresh it when the test sets are already scored.
     if ls "$model_exp/$inference_tag"/*/score/summary.json > /dev/null 2>&1; then
         ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \

@@ -8,7 +8,9 @@ Speech sources (all offline, Debian main):
   * the 5 real LibriVox utterances of the `pocketsphinx-testdata` package (one real reader).
 Split (by sentence, so test text is never seen in training; all 6 voices appear in every split):
   train: Harvard lists 1-10 and 13-15 (130 sentences), each by one voice and the first 70 by a second
-         voice too -> 200 utterances;
+         voice too -> 200 utterances; plus, with --extra_sentences (egs/mini: 600 sentences written
+         for xytok, local/extra_sentences.txt), each extra sentence read by --extra_voices voices
+         (default 2) -> 1400 utterances in all;
   dev:   list 11 read by 3 voices -> 30 utterances;
   test:  list 12 read by 3 voices -> 30 utterances + the 5 LibriVox utterances (an unseen, real speaker).
 Everything is 16 kHz mono 16-bit flac: <out>/<part>/<spk>/<chapter>/<spk>-<chapter>-<utt>.flac with

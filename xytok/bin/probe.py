@@ -22,6 +22,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="codec config.yaml (alternative to --model)")
     p.add_argument("--checkpoint", default=None, help="codec model.ckpt (with --config)")
     p.add_argument("--random_init", action="store_true", help="probe a randomly initialised codec (baseline)")
+    p.add_argument("--codebook_init", choices=("kmeans", "zero"), default="kmeans",
+                   help="with --random_init: k-means codebooks on --train_data frames, as training step 0 "
+                        "(default), or the zero codebooks of a fresh model (every frame -> code 0: the probe "
+                        "then sees a constant and learns only the text prior)")
+    p.add_argument("--codebook_init_frames", type=int, default=5000,
+                   help="with --random_init --codebook_init kmeans: 12.5 Hz frames used for k-means")
     p.add_argument("--train_data", required=True, help="Kaldi data dir with wav.scp and text (probe training)")
     p.add_argument("--valid_data", required=True, help="Kaldi data dir with wav.scp and text (WER is reported here)")
     p.add_argument("--out", "--output_dir", dest="out", required=True, help="output directory")
@@ -54,14 +60,16 @@ def main(argv=None) -> int:
     import torch
 
     from xytok.eval.inputs import read_text
-    from xytok.eval.probe import (ProbeConfig, cache_features, load_items, model_fingerprint, resolve_model,
-                                  train_and_evaluate)
+    from xytok.eval.probe import (ProbeConfig, cache_features, kmeans_init_codebooks, load_items,
+                                  model_fingerprint, resolve_model, train_and_evaluate)
 
     torch.set_num_threads(args.nthreads)
     config, ckpt = resolve_model(args.model, args.config, args.checkpoint, args.random_init)
     out = Path(args.out)
     feat_dir = Path(args.feat_dir) if args.feat_dir else out / "feats"
     fp = model_fingerprint(config, ckpt)
+    if args.random_init:  # the untrained weights depend on the seed, the codebooks on their init
+        fp = f"{fp}-seed{args.seed}-{args.codebook_init}{args.codebook_init_frames}"
     scps = {}
     for name, d in (("train", args.train_data), ("valid", args.valid_data)):
         for f in ("wav.scp", "text"):
@@ -74,7 +82,12 @@ def main(argv=None) -> int:
             from xytok.codec import load_codec
 
             logging.getLogger("xytok.probe").info("loading codec %s (%s)", config, ckpt or "random init")
+            torch.manual_seed(args.seed)  # a reproducible random init
             codec = load_codec(config, ckpt, device=args.device)
+            if args.random_init and args.codebook_init == "kmeans":
+                n = kmeans_init_codebooks(codec, args.train_data, args.codebook_init_frames, args.device)
+                logging.getLogger("xytok.probe").info("random init: codebooks k-means-initialised on %d "
+                                                      "frames of %s", n, args.train_data)
         scps[name] = cache_features(codec, d, feat_dir, name, fp, args.device)
 
     cfg = ProbeConfig(hidden=args.hidden, num_layers=args.num_layers, epochs=args.epochs,
@@ -86,6 +99,9 @@ def main(argv=None) -> int:
                              read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg)
     hyps = res.pop("hyps")
     res.update({"model_config": config, "model_checkpoint": ckpt, "random_init": args.random_init,
+                "codebook_init": (args.codebook_init if args.random_init else "trained"),
+                "codebook_init_frames": (args.codebook_init_frames
+                                         if args.random_init and args.codebook_init == "kmeans" else None),
                 "train_data": args.train_data, "valid_data": args.valid_data,
                 "features": "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz"
                             + (f", 1 frame in {args.subsample} kept ({50 // args.subsample} Hz LSTM input)"

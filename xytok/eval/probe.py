@@ -83,6 +83,33 @@ def extract_zq(codec, wav: np.ndarray, device: str = "cpu") -> np.ndarray:
     return np.concatenate(pieces, axis=0)
 
 
+@torch.no_grad()
+def kmeans_init_codebooks(codec, data_dir: str, max_frames: int = 5000, device: str = "cpu") -> int:
+    """Untrained codec: k-means-initialise its RVQ codebooks on the pre-quantizer frames of training
+    utterances (sorted ids, up to max_frames 12.5 Hz frames), as training step 0 does, so the control
+    is a random network with working codebooks. Returns the number of frames used."""
+    from xytok.eval.inputs import load_wav, read_scp
+
+    wavs = read_scp(Path(data_dir) / "wav.scp")
+    frames, n = [], 0
+    for utt in sorted(wavs):
+        wav, _ = load_wav(wavs[utt])
+        chunk = torch.as_tensor(wav[:CHUNK_SAMPLES], dtype=torch.float32, device=device)
+        if len(chunk) < 1280:
+            continue
+        mel, mel_lengths = codec.wav_to_mel(chunk.unsqueeze(0), torch.tensor([len(chunk)], device=device))
+        out = codec.tokenize(mel, mel_lengths)
+        t = int(out["codes_lengths"][0])
+        frames.append(out["downsample_output"][:, :, :t])
+        n += t
+        if n >= max_frames:
+            break
+    if not frames:
+        raise ValueError(f"{data_dir}: no utterance long enough to initialise the codebooks")
+    codec.quantizer.init_codebooks(torch.cat(frames, dim=2))
+    return n
+
+
 def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint: str, device: str = "cpu") -> str:
     """Extract z_q for every utterance of a Kaldi data dir into feat_dir/name.{ark,scp}; reuse if valid."""
     import kaldiio
@@ -287,5 +314,5 @@ def load_items(scp: str) -> list:
 
 
 
-__all__ = ["resolve_model", "model_fingerprint", "extract_zq", "cache_features", "CharVocab", "BiLSTMCTC",
+__all__ = ["resolve_model", "model_fingerprint", "extract_zq", "kmeans_init_codebooks", "cache_features", "CharVocab", "BiLSTMCTC",
            "ProbeConfig", "train_and_evaluate", "load_items", "UPSAMPLE"]

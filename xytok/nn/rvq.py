@@ -270,6 +270,18 @@ class ResidualVQ(nn.Module):
             p.requires_grad_(False)
         return self
 
+    @torch.no_grad()
+    def init_codebooks(self, x: torch.Tensor) -> None:
+        """k-means-initialise every layer on all frames of x (B, input_dim, T), layer by layer on the
+        residual, as the first training batch does. Builds the "step 0" quantizer of an untrained
+        codec (a zero codebook maps every frame to code 0)."""
+        residual = self.input_proj(x).float()
+        for quantizer in self.quantizers:
+            flat = quantizer.in_project(residual).permute(0, 2, 1).reshape(-1, quantizer.codebook_dim)
+            quantizer.init_by_kmeans(flat)
+            value, _, _, _ = quantizer(residual, update=False)
+            residual = residual - value
+
     @property
     def updating(self) -> bool:
         """True when this forward learns codebooks / applies dropout (train mode, grad on, not frozen)."""

@@ -78,6 +78,9 @@ class Stage1Task(Task):
     default_config: Dict[str, Any] = {
         "whisper_init": None,          # HF name or local dir; null = random init (debug)
         "whisper_init_towers": ["semantic_encoder", "acoustic_encoder"],
+        # State dict of a pre-trained semantic encoder (xytok.bin.train_semantic_ctc: the debug-size
+        # stand-in for Whisper); applied after whisper_init.
+        "semantic_init": None,
         "frozen": ["codec.semantic_encoder"],
         "loss_weights": {"asr": 1.0, "mel": 1.0, "feat": 0.0, "commit": 1.0},
         "mel_resolutions": [[512, 128, 64], [1024, 256, 80], [2048, 512, 128]],
@@ -100,6 +103,16 @@ class Stage1Task(Task):
             from xytok.whisper_init import load_whisper_encoder_into
 
             load_whisper_encoder_into(codec, conf["whisper_init"], towers=tuple(conf["whisper_init_towers"]))
+        if conf.get("semantic_init"):
+            from xytok.checkpoint import load_state_strict
+
+            path = conf["semantic_init"]
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"semantic_init: {path} not found (recipe stage 5 pre-trains it with "
+                                        "python -m xytok.bin.train_semantic_ctc)")
+            load_state_strict(codec.semantic_encoder, torch.load(path, map_location="cpu", weights_only=True),
+                              source=f"semantic_init {path}")
+            log.info("semantic encoder initialised from %s", path)
         from xytok.asr import build_asr_branch
 
         post_dim = gp["post_rvq_adapter_kwargs"]["output_dim"]
