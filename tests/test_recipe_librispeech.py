@@ -269,7 +269,8 @@ def test_train_spm_too_many_pieces_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("mod", ["xytok.bin.dump_audio", "xytok.bin.compute_feats", "xytok.bin.train_spm",
-                                 "xytok.bin.librispeech_data", "xytok.bin.make_mini_corpus"])
+                                 "xytok.bin.librispeech_data", "xytok.bin.make_mini_corpus",
+                                 "xytok.bin.train_semantic_ctc"])
 def test_entry_points_help(mod, tmp_path):
     r = _py([mod, "--help"], tmp_path)
     assert r.returncode == 0 and "usage:" in r.stdout

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from xytok.asr.adapter import AudioToLMAdapter
 from xytok.asr.lm import HFCausalLM, SmallDecoderLM
-from xytok.asr.tokenizers import HFTokenizer, SentencePieceTokenizer
+from xytok.asr.tokenizers import CharTokenizer, HFTokenizer, SentencePieceTokenizer
 
 log = logging.getLogger("xytok.asr")
 
@@ -150,10 +150,27 @@ def _ignore_missing_frozen_lm_keys(module, incompatible_keys):
         missing.remove(k)
 
 
-def build_asr_branch(conf: Dict[str, Any], in_dim: int) -> ASRBranch:
+def build_asr_branch(conf: Dict[str, Any], in_dim: int) -> nn.Module:
     lm_conf = dict(conf.get("lm", {}))
     kind = lm_conf.pop("type", "decoder")
     lowercase = bool(conf.get("lowercase", False))
+    if kind == "ctc":  # debug stand-in for the LLM: CTC head on the quantised features (xytok/asr/ctc.py)
+        from xytok.asr.ctc import CTCASRHead
+
+        units = lm_conf.get("units", "char")
+        if units == "char":
+            tokenizer = CharTokenizer()
+        elif units == "piece":
+            model_path = conf.get("tokenizer", {}).get("model")
+            if not model_path:
+                raise ValueError("asr.lm.type=ctc, units=piece needs asr.tokenizer.model (the stage-4 bpe.model)")
+            tokenizer = SentencePieceTokenizer(model_path, lowercase=lowercase)
+        else:
+            raise ValueError(f"asr.lm.units must be char or piece, got {units!r}")
+        return CTCASRHead(in_dim, tokenizer,
+                          d_model=int(lm_conf.get("d_model", 256)), num_layers=int(lm_conf.get("num_layers", 2)),
+                          num_heads=int(lm_conf.get("num_heads", 4)), ffn_dim=int(lm_conf.get("ffn_dim", 1024)),
+                          upsample=int(lm_conf.get("upsample", 4)), dropout=float(lm_conf.get("dropout", 0.1)))
     if kind == "hf":
         name = lm_conf.get("name_or_path")
         if not name:
@@ -172,7 +189,7 @@ def build_asr_branch(conf: Dict[str, Any], in_dim: int) -> ASRBranch:
             max_positions=int(lm_conf.get("max_positions", 1024)), dropout=float(lm_conf.get("dropout", 0.1)),
         )
     else:
-        raise ValueError(f"unknown asr.lm.type {kind!r} (decoder | hf)")
+        raise ValueError(f"unknown asr.lm.type {kind!r} (decoder | hf | ctc)")
     ad = conf.get("adapter", {})
     adapter = AudioToLMAdapter(
         in_dim, lm.hidden_size, d_model=int(ad.get("d_model", 256)), num_layers=int(ad.get("num_layers", 2)),

@@ -17,12 +17,35 @@ class SentencePieceTokenizer:
         self.lowercase = lowercase
         self.eos_id = self.sp.get_piece_size()
         self.vocab_size = self.eos_id + 1
+        self.num_pieces = self.eos_id  # without the appended EOS (a CTC head needs no EOS)
+        self.pad_id = self.sp.pad_id()
 
     def encode(self, text: str) -> List[int]:
         return list(self.sp.encode(text.lower() if self.lowercase else text))
 
     def decode(self, ids: List[int]) -> str:
         return self.sp.decode([i for i in ids if 0 <= i < self.eos_id])
+
+
+class CharTokenizer:
+    """Letters, apostrophe and space of the lower-cased transcript; id 0 is reserved (pad = CTC blank).
+
+    Other characters are dropped (LibriSpeech-style transcripts have none). For the CTC head."""
+
+    CHARS = " '" + "abcdefghijklmnopqrstuvwxyz"
+
+    def __init__(self):
+        self.index = {c: i + 1 for i, c in enumerate(self.CHARS)}
+        self.pad_id = 0
+        self.num_pieces = len(self.CHARS) + 1
+        self.eos_id = self.num_pieces
+        self.vocab_size = self.num_pieces + 1
+
+    def encode(self, text: str) -> List[int]:
+        return [self.index[c] for c in " ".join(text.lower().split()) if c in self.index]
+
+    def decode(self, ids: List[int]) -> str:
+        return " ".join("".join(self.CHARS[i - 1] for i in ids if 0 < i <= len(self.CHARS)).split()).upper()
 
 
 class HFTokenizer:

@@ -73,6 +73,7 @@ def main(argv=None) -> int:
                         handlers=[logging.StreamHandler(), logging.FileHandler(out / "train.log")])
     if (out / ".done").is_file():
         log.info("%s: already trained", out)
+        print(json.loads((out / "result.json").read_text())["cer_kaldi"])
         return 0
     import torch
     import yaml
