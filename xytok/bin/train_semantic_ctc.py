@@ -18,10 +18,15 @@ import argparse
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
+
+# As in xytok.bin.train: MKL may round the same matmul differently from run to run; strict CNR
+# makes two runs of this script bit-identical. Must be set before torch loads.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 log = logging.getLogger("xytok.semantic_ctc")
 DEFAULTS = {"epochs": 15, "batch_size": 16, "lr": 2e-3, "warmup": 0.05}
