@@ -81,6 +81,7 @@ class Stage1Task(Task):
         # State dict of a pre-trained semantic encoder (xytok.bin.train_semantic_ctc: the debug-size
         # stand-in for Whisper); applied after whisper_init.
         "semantic_init": None,
+        "semantic_ctc_pretrain": None,  # settings for xytok.bin.train_semantic_ctc (read by the recipe)
         "frozen": ["codec.semantic_encoder"],
         "loss_weights": {"asr": 1.0, "mel": 1.0, "feat": 0.0, "commit": 1.0},
         "mel_resolutions": [[512, 128, 64], [1024, 256, 80], [2048, 512, 128]],
@@ -113,6 +114,10 @@ class Stage1Task(Task):
             load_state_strict(codec.semantic_encoder, torch.load(path, map_location="cpu", weights_only=True),
                               source=f"semantic_init {path}")
             log.info("semantic encoder initialised from %s", path)
+        elif conf.get("semantic_ctc_pretrain"):
+            log.warning("config has semantic_ctc_pretrain but no semantic_init: the semantic encoder starts "
+                        "from random weights. Recipe stage 5 pre-trains it first; by hand, run python -m "
+                        "xytok.bin.train_semantic_ctc and pass --semantic_init OUT/semantic_encoder.pth")
         from xytok.asr import build_asr_branch
 
         post_dim = gp["post_rvq_adapter_kwargs"]["output_dim"]
