@@ -19,6 +19,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def ctc_collapse(ids, blank: int = 0) -> List[int]:
+    """Greedy CTC labels -> units: merge repeats, then drop blanks."""
+    out, prev = [], blank
+    for i in ids:
+        if i != prev and i != blank:
+            out.append(i)
+        prev = i
+    return out
+
+
 class CTCASRHead(nn.Module):
     def __init__(self, in_dim: int, tokenizer, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  ffn_dim: int = 1024, upsample: int = 4, dropout: float = 0.1):
@@ -49,8 +59,8 @@ class CTCASRHead(nn.Module):
         return self.output(self.norm(h)).float().log_softmax(-1), lengths
 
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, texts: List[str]):
-        """-> (CTC loss averaged over target pieces, {"asr_acc": fraction of frames whose greedy label
-        is not blank and matches a piece of the item's transcript})."""
+        """-> (CTC loss averaged over target units, {"asr_acc": of the non-blank greedy labels, the
+        fraction that occur in the item's transcript})."""
         logp, lengths = self.log_probs(feats, feat_lengths)
         # No truncation: a cut transcript would no longer match its audio (CTC needs both whole).
         targets = [self.tokenizer.encode(t) for t in texts]
@@ -74,15 +84,8 @@ class CTCASRHead(nn.Module):
     def greedy_decode(self, feats: torch.Tensor, feat_lengths: torch.Tensor, max_new_tokens=None) -> List[str]:
         logp, lengths = self.log_probs(feats, feat_lengths)
         best = logp.argmax(-1).cpu()
-        out = []
-        for i in range(best.shape[0]):
-            ids, prev = [], 0
-            for t in best[i, : int(lengths[i])].tolist():
-                if t != prev and t != 0:
-                    ids.append(t)
-                prev = t
-            out.append(self.tokenizer.decode(ids))
-        return out
+        return [self.tokenizer.decode(ctc_collapse(best[i, : int(lengths[i])].tolist()))
+                for i in range(best.shape[0])]
 
 
-__all__ = ["CTCASRHead"]
+__all__ = ["CTCASRHead", "ctc_collapse"]

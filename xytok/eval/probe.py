@@ -66,18 +66,24 @@ def model_fingerprint(config: str, checkpoint: str | None) -> str:
 
 
 # ----------------------------------------------------------------------------- feature extraction
-@torch.inference_mode()
-def extract_zq(codec, wav: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Quantizer output z_q (T, C) at 12.5 Hz for one utterance; > 30 s is cut into 30 s windows."""
-    pieces = []
-    for start in range(0, len(wav), CHUNK_SAMPLES):
+def _tokenize_windows(codec, wav: np.ndarray, device: str, first_only: bool = False):
+    """codec.tokenize output and its code-frame count per 30 s window of one utterance (windows
+    shorter than one 80 ms code frame contribute nothing and are skipped)."""
+    starts = [0] if first_only else range(0, len(wav), CHUNK_SAMPLES)
+    for start in starts:
         chunk = torch.as_tensor(wav[start:start + CHUNK_SAMPLES], dtype=torch.float32, device=device)
-        if len(chunk) < 1280:  # shorter than one code frame: contributes nothing
+        if len(chunk) < 1280:
             continue
         mel, mel_lengths = codec.wav_to_mel(chunk.unsqueeze(0), torch.tensor([len(chunk)], device=device))
         out = codec.tokenize(mel, mel_lengths)
-        n = int(out["codes_lengths"][0])
-        pieces.append(out["zq"][0, :, :n].transpose(0, 1).float().cpu().numpy())
+        yield out, int(out["codes_lengths"][0])
+
+
+@torch.inference_mode()
+def extract_zq(codec, wav: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Quantizer output z_q (T, C) at 12.5 Hz for one utterance; > 30 s is cut into 30 s windows."""
+    pieces = [out["zq"][0, :, :n].transpose(0, 1).float().cpu().numpy()
+              for out, n in _tokenize_windows(codec, wav, device)]
     if not pieces:
         raise ValueError(f"utterance of {len(wav)} samples is shorter than one 80 ms code frame")
     return np.concatenate(pieces, axis=0)
@@ -86,22 +92,16 @@ def extract_zq(codec, wav: np.ndarray, device: str = "cpu") -> np.ndarray:
 @torch.no_grad()
 def kmeans_init_codebooks(codec, data_dir: str, max_frames: int = 5000, device: str = "cpu") -> int:
     """Untrained codec: k-means-initialise its RVQ codebooks on the pre-quantizer frames of training
-    utterances (sorted ids, up to max_frames 12.5 Hz frames), as training step 0 does, so the control
-    is a random network with working codebooks. Returns the number of frames used."""
+    utterances (sorted ids, first 30 s of each, up to max_frames 12.5 Hz frames), as training step 0
+    does, so the control is a random network with working codebooks. Returns the frames used."""
     from xytok.eval.inputs import load_wav, read_scp
 
     wavs = read_scp(Path(data_dir) / "wav.scp")
     frames, n = [], 0
     for utt in sorted(wavs):
-        wav, _ = load_wav(wavs[utt])
-        chunk = torch.as_tensor(wav[:CHUNK_SAMPLES], dtype=torch.float32, device=device)
-        if len(chunk) < 1280:
-            continue
-        mel, mel_lengths = codec.wav_to_mel(chunk.unsqueeze(0), torch.tensor([len(chunk)], device=device))
-        out = codec.tokenize(mel, mel_lengths)
-        t = int(out["codes_lengths"][0])
-        frames.append(out["downsample_output"][:, :, :t])
-        n += t
+        for out, t in _tokenize_windows(codec, load_wav(wavs[utt])[0], device, first_only=True):
+            frames.append(out["downsample_output"][:, :, :t])
+            n += t
         if n >= max_frames:
             break
     if not frames:
@@ -153,12 +153,9 @@ class CharVocab:
         return [self.index[c] for c in text if c in self.index]
 
     def greedy_decode(self, ids) -> str:
-        out, prev = [], 0
-        for i in ids:
-            if i != prev and i != 0:
-                out.append(self.chars[i - 1])
-            prev = i
-        return " ".join("".join(out).split())
+        from xytok.asr.ctc import ctc_collapse
+
+        return " ".join("".join(self.chars[i - 1] for i in ctc_collapse(ids)).split())
 
 
 class BiLSTMCTC(nn.Module):
