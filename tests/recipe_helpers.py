@@ -1,7 +1,9 @@
 """Shared helpers for the recipe tests: a throw-away copy of egs/<corpus> and a runner."""
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +45,15 @@ def assert_c_sorted(path: Path) -> None:
     keys = [line.split(" ", 1)[0] for line in Path(path).read_text().splitlines()]
     assert keys == sorted(keys, key=str.encode), f"{path} is not sorted in C order"
     assert len(keys) == len(set(keys)), f"{path} has duplicate keys"
+
+
+def sigkill_when_exists(cmd, marker: Path, timeout: float, **popen_kwargs) -> None:
+    """Start cmd and SIGKILL it as soon as `marker` exists (a crash mid-run, for resume tests)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_kwargs)
+    deadline = time.time() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"the run ended before {marker} appeared, so it could not be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

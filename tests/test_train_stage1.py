@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import soundfile as sf
 import torch
 import yaml
 from golden import TINY_A
+from recipe_helpers import sigkill_when_exists
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN_TINY = TINY_A / "config.yaml"
@@ -151,16 +150,8 @@ def test_sigkill_resume_matches_uninterrupted_run(setup, tmp_path):
     assert sorted(expected) == list(range(1, 6))
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(config, run, setup["train"]), env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
     # Kill as soon as the step-2 checkpoint exists (the run would go on to step 7).
-    while not (run / "checkpoints" / "step2.pth").exists():
-        assert proc.poll() is None, "training exited before writing its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    sigkill_when_exists(train_cmd(config, run, setup["train"]), run / "checkpoints" / "step2.pth", 240, env=env())
     state = torch.load(run / "checkpoint.pth", weights_only=False)
     assert 2 <= state["step"] < 5, "the kill must land mid-run"
     subprocess.run(train_cmd(config, run, setup["train"]), env=env(), check=True, capture_output=True, timeout=300)

@@ -7,10 +7,8 @@ loading with load_codec.
 import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ import soundfile as sf
 import torch
 import yaml
 
+from recipe_helpers import sigkill_when_exists
 from xytok.codec import load_codec
 from xytok.train.distributed import DistInfo
 from xytok.train.stage2 import TOKENIZER_MODULES, Stage2Task
@@ -268,15 +267,7 @@ def test_sigkill_resume_identical_losses(setup_dir):
     full, killed = setup_dir / "exp_full", setup_dir / "exp_killed"
     subprocess.run(_cmd(conf, full, init), check=True, env=env, cwd=REPO, capture_output=True)
 
-    proc = subprocess.Popen(_cmd(conf, killed, init), env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "checkpoints" / "step2.pth").exists():
-        assert proc.poll() is None, "training ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    sigkill_when_exists(_cmd(conf, killed, init), killed / "checkpoints" / "step2.pth", 120, env=env, cwd=REPO)
     assert not (killed / "export" / "model.ckpt").exists(), "killed too late: the run had finished"
     subprocess.run(_cmd(conf, killed, init), check=True, env=env, cwd=REPO, capture_output=True)
 

@@ -8,7 +8,8 @@
 #   2      16 kHz PCM dump + duration filter       python -m xytok.bin.dump_audio
 #   3      Whisper log-mel feats (frames, 80)      python -m xytok.bin.compute_feats
 #   4      sentencepiece text tokenizer            python -m xytok.bin.train_spm
-#   5      stage-1 training (X-shaped)             python -m xytok.bin.train
+#   5      stage-1 training (X-shaped)             python -m xytok.bin.train (debug configs with
+#                                                  semantic_ctc_pretrain: xytok.bin.train_semantic_ctc first)
 #   6      stage-2 training (Y-shaped, GAN)        python -m xytok.bin.train --init_param ...
 #   7      tokenize test sets                      xytok encode
 #   8      detokenize                              xytok decode
@@ -269,12 +270,15 @@ train_launcher() {
     fi
 }
 
+# trained EXP: true when EXP finished training (.done and its export).
+trained() { [ -f "$1/.done" ] && [ -f "$1/export/model.ckpt" ]; }
+
 # train_stage N CONFIG ARGS EXP [extra args]
 train_stage() {
     local n=$1 config=$2 args=$3 exp=$4; shift 4
     [ -n "$config" ] || die "--stage${n}_config is required for stage $((n + 4))"
     [ -f "$config" ] || die "--stage${n}_config $config: file not found"
-    if [ -f "$exp/.done" ] && [ -f "$exp/export/model.ckpt" ]; then
+    if trained "$exp"; then
         log "  already trained ($exp/.done); delete it to train again"
         return 0
     fi
@@ -301,8 +305,7 @@ if run_stage 5; then
     _s1_extra=()
     # A stage-1 config with a `semantic_ctc_pretrain:` block (debug sizes, which cannot load Whisper)
     # first trains its semantic encoder with character CTC, then starts stage 1 from it.
-    if [ -f "$stage1_config" ] && grep -q '^semantic_ctc_pretrain:' "$stage1_config" \
-        && ! { [ -f "$stage1_exp/.done" ] && [ -f "$stage1_exp/export/model.ckpt" ]; }; then
+    if [ -f "$stage1_config" ] && grep -q '^semantic_ctc_pretrain:' "$stage1_config" && ! trained "$stage1_exp"; then
         _ctc_dir=$stage1_exp/semantic_ctc
         log "  semantic encoder CTC pre-training (stand-in for Whisper) -> ${_ctc_dir} (log: ${_ctc_dir}/ctc.log)"
         mkdir -p "$_ctc_dir"

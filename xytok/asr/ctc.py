@@ -12,7 +12,7 @@ encoders) with an alignment-free objective that learns in minutes:
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 import torch.nn as nn
