@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU recipe used by the top-level ./run.sh and CI: a generated corpus (no download), debug-size
-# models. Stages 1-10 end to end in minutes on 2 cores. Options: ./run.sh --help
+# models. Stages 1-11 end to end in about 13 min on 2 cores. Options: ./run.sh --help
 set -euo pipefail
 
 # One intra-op thread per process unless the caller chose otherwise: parallelism comes from --nj

@@ -7,7 +7,8 @@ The paper's semantic tower is a frozen, Whisper-initialised encoder: it already 
 stage 1 starts. Debug-size codecs (egs/mini) cannot load Whisper (its width is 768), so a recipe can
 train the same `semantic_encoder_kwargs` architecture for a few minutes with CTC on characters on
 its own training set, then start stage 1 from it (`--semantic_init OUT/semantic_encoder.pth`,
-frozen like Whisper). Input = the stage-3 log-mel features (feats.scp), the model's own front end.
+frozen like Whisper). Input = the stage-3 log-mel features (feats.scp), the model's own front end,
+all held in memory: meant for debug-size sets (egs/mini: 1400 utterances, about 120 MB).
 
 Writes OUT/semantic_encoder.pth (the encoder's state dict), OUT/result.json (valid CER/WER, settings),
 OUT/hyp.txt, and OUT/.done; a finished OUT is not retrained.
