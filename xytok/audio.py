@@ -1,7 +1,8 @@
 """Audio input/output shared by the CLI, the recipe's audio dump (stage 2) and scoring.
 
-* ``load_audio`` reads a file, a Kaldi ``wav.scp`` value (a path, a ``cmd |`` pipe or an
-  ``foo.ark:123`` offset) and returns mono float32 at the target rate;
+* ``load_audio`` reads a file, a Kaldi ``wav.scp`` value (a path, a ``cmd |`` pipe, an
+  ``foo.ark:123`` offset or a tar member ``shard.tar:OFFSET:SIZE``) and returns mono float32 at
+  the target rate;
 * ``read_wav_scp`` parses a Kaldi ``wav.scp`` (``uttid path`` / ``uttid cmd |``);
 * ``list_audio_dir`` maps a directory of audio files to utterance ids (file stems);
 * ``write_wav`` writes a file atomically (temp name + rename), reporting clipping.
@@ -29,6 +30,48 @@ logger = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif", ".au", ".sph", ".w64", ".caf")
 
 _ARK_OFFSET = re.compile(r"^(?P<ark>.+\.ark):(?P<offset>\d+)$")
+# A member of an uncompressed tar archive: the byte offset of its data and its size in bytes (what
+# tarfile's TarInfo.offset_data / .size give). The member's bytes (WAV, FLAC, MP3, ...) are decoded
+# as they are, so large corpora stay in a few big files and are never re-encoded.
+_TAR_MEMBER = re.compile(r"^(?P<tar>.+\.tar):(?P<offset>\d+):(?P<size>\d+)$")
+
+
+def tar_member_entry(tar_path: str, offset: int, size: int) -> str:
+    """The wav.scp / manifest value for the tar member whose data is at [offset, offset + size)."""
+    return f"{tar_path}:{int(offset)}:{int(size)}"
+
+
+def parse_tar_member(entry: str) -> Optional[Tuple[str, int, int]]:
+    """(tar path, data offset, size) for a ``shard.tar:OFFSET:SIZE`` value, else None."""
+    m = _TAR_MEMBER.match(entry.strip())
+    if not m:
+        return None
+    return m.group("tar"), int(m.group("offset")), int(m.group("size"))
+
+
+def read_tar_member_bytes(tar_path: str, offset: int, size: int, what: str = "") -> bytes:
+    what = what or f"{tar_path}:{offset}:{size}"
+    try:
+        with open(tar_path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError as e:
+        raise AudioError(f"{what}: cannot read tar member: {e}") from None
+    if len(data) != size:
+        raise AudioError(f"{what}: tar {tar_path!r} ends after {len(data)} of {size} bytes at offset "
+                         f"{offset} (truncated shard?)")
+    return data
+
+
+def decode_audio_bytes(data: bytes, what: str) -> Tuple[np.ndarray, int]:
+    """Decode an in-memory audio file (any format libsndfile reads, MP3 included)."""
+    if not data:
+        raise AudioError(f"{what}: audio is empty (0 bytes)")
+    try:
+        out, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as e:
+        raise AudioError(f"{what}: cannot decode audio: {e}") from None
+    return out, sr
 
 
 class AudioError(ValueError):
@@ -92,6 +135,9 @@ def _read_any(entry: str, what: str) -> Tuple[np.ndarray, int]:
     if stripped.endswith("|"):
         return _read_pipe(stripped[:-1].strip(), what)
     if not os.path.exists(stripped):
+        member = parse_tar_member(stripped)
+        if member and os.path.exists(member[0]):
+            return decode_audio_bytes(read_tar_member_bytes(*member, what=what), what)
         m = _ARK_OFFSET.match(stripped)
         if m and os.path.exists(m.group("ark")):
             return _read_ark(m.group("ark"), int(m.group("offset")), what)
@@ -121,8 +167,9 @@ def load_audio(path_or_scp_entry: str, target_sr: Optional[int] = 16000, utt: Op
                ) -> Tuple[np.ndarray, AudioInfo]:
     """Load mono float32 audio at ``target_sr`` (None = keep the file's rate).
 
-    ``path_or_scp_entry`` is a file path, a Kaldi pipe (``sox a.flac -t wav - |``) or an ark
-    offset (``feats.ark:42``), i.e. anything that may follow the utterance id in ``wav.scp``.
+    ``path_or_scp_entry`` is a file path, a Kaldi pipe (``sox a.flac -t wav - |``), an ark
+    offset (``feats.ark:42``) or a tar member (``shard.tar:OFFSET:SIZE``), i.e. anything that may
+    follow the utterance id in ``wav.scp``.
     Multi-channel audio is averaged to mono and other rates are resampled; both are logged.
     ``utt`` (optional) is only used to name the utterance in messages.
     """
