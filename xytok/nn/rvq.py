@@ -26,6 +26,19 @@ The commitment loss returned by :meth:`ResidualVQ.forward` is the SUM over the u
 per-layer mean squared error ``|z_e - sg(z_q)|^2`` over valid frames, dims and non-dropped items,
 times ``commitment``.
 
+Dead codes: ``threshold_ema_dead_code`` is an EMA count per optimizer step, so on its own its meaning
+depends on how many frames a step sees (world size x batch x grad_accum). With
+``dead_code_reference_frames = R`` the threshold is defined per frames seen: a code is dead when its
+EMA count is below ``threshold * F / R``, F = ``cluster_size.sum()`` (the EMA of valid frames per
+step), i.e. when its share of the frames is below ``threshold / R``. That is the released behaviour at
+a batch of R frames per step, at any batch. ``None`` (the module default) keeps the absolute count.
+
+Gradient accumulation: with ``defer_updates = True`` (set by the trainer) a training forward only
+accumulates the per-code counts / sums / dead-code candidate vectors; :meth:`ResidualVQ.apply_pending_updates`
+applies the EMA + dead-code step once per optimizer step (one all-reduce per step under DDP), and
+:meth:`ResidualVQ.discard_pending_updates` drops them (a skipped non-finite step). Later micro-batches of
+a window quantise with the not yet updated codebooks, as one big batch would.
+
 Stage 2 (frozen quantizer): call :meth:`ResidualVQ.freeze` (or ``quantizer.eval()``): no codebook
 update, no dropout, parameters get ``requires_grad=False``.
 """
@@ -54,6 +67,15 @@ def _wn_conv1x1(in_dim: int, out_dim: int) -> nn.Conv1d:
 
 def _dist_active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _check_reference_frames(value):
+    if value is None:
+        return None
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"dead_code_reference_frames must be > 0 (frames per optimizer step) or null, got {value}")
+    return value
 
 
 def _sq_distances(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -109,7 +131,7 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, input_dim: int, codebook_size: int, codebook_dim: int, decay: float = 0.99,
                  epsilon: float = 1e-5, threshold_ema_dead_code: float = 2, kmeans_iters: int = 10,
-                 kmeans_init: bool = True):
+                 kmeans_init: bool = True, dead_code_reference_frames: float | None = None):
         super().__init__()
         self.input_dim = input_dim
         self.codebook_size = codebook_size
@@ -117,7 +139,11 @@ class VectorQuantizer(nn.Module):
         self.decay = decay
         self.epsilon = epsilon
         self.threshold_ema_dead_code = threshold_ema_dead_code
+        self.dead_code_reference_frames = _check_reference_frames(dead_code_reference_frames)
         self.kmeans_iters = kmeans_iters
+        # Statistics of the micro-batches of the current accumulation window (never saved: the
+        # trainer checkpoints only on optimizer-step boundaries, where they are empty).
+        self._pending: dict | None = None
         if input_dim != codebook_dim:
             self.in_project = _wn_conv1x1(input_dim, codebook_dim)
             self.out_project = _wn_conv1x1(codebook_dim, input_dim)
@@ -163,9 +189,16 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def ema_update(self, vectors: torch.Tensor, indices: torch.Tensor) -> None:
         """EMA of per-code counts and vector sums over valid frames (all-reduced across ranks)."""
+        counts, sums = self._batch_stats(vectors, indices)
+        self._apply_ema(counts, sums)
+
+    def _batch_stats(self, vectors: torch.Tensor, indices: torch.Tensor):
         counts = torch.bincount(indices, minlength=self.codebook_size).float()
         sums = torch.zeros_like(self.embed_avg)
         sums.index_add_(0, indices, vectors.float())
+        return counts, sums
+
+    def _apply_ema(self, counts: torch.Tensor, sums: torch.Tensor) -> None:
         if _dist_active():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
@@ -177,11 +210,51 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(self.embed_avg / smoothed.unsqueeze(1))
 
     @torch.no_grad()
+    def accumulate_stats(self, vectors: torch.Tensor, indices: torch.Tensor) -> None:
+        """Add one micro-batch's valid vectors / codes to the pending statistics (no collective)."""
+        counts, sums = self._batch_stats(vectors, indices)
+        if self._pending is None:
+            self._pending = {"counts": counts, "sums": sums, "vectors": [vectors.detach().float()]}
+        else:
+            self._pending["counts"] += counts
+            self._pending["sums"] += sums
+            self._pending["vectors"].append(vectors.detach().float())
+
+    @property
+    def has_pending(self) -> bool:
+        return self._pending is not None
+
+    @torch.no_grad()
+    def apply_pending(self) -> int:
+        """One EMA + dead-code step from the accumulated statistics; returns the codes replaced."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return 0
+        self._apply_ema(pending["counts"], pending["sums"])
+        return self.replace_dead_codes(torch.cat(pending["vectors"]))
+
+    def discard_pending(self) -> None:
+        self._pending = None
+
+    def dead_threshold(self) -> float:
+        """EMA count below which a code is dead (see the module docstring)."""
+        if self.dead_code_reference_frames is None:
+            return float(self.threshold_ema_dead_code)
+        frames_per_step = float(self.cluster_size.sum().item())
+        return float(self.threshold_ema_dead_code) * frames_per_step / self.dead_code_reference_frames
+
+    def dead_mask(self) -> torch.Tensor:
+        if self.threshold_ema_dead_code <= 0:
+            return torch.zeros_like(self.cluster_size, dtype=torch.bool)
+        return self.cluster_size < self.dead_threshold()
+
+    @torch.no_grad()
     def replace_dead_codes(self, vectors: torch.Tensor) -> int:
         """Codes whose EMA count fell below the threshold get random vectors of this batch."""
         if self.threshold_ema_dead_code <= 0:
             return 0
-        dead = self.cluster_size < self.threshold_ema_dead_code  # identical on all ranks
+        threshold = self.dead_threshold()
+        dead = self.cluster_size < threshold  # identical on all ranks
         num_dead = int(dead.sum().item())
         if num_dead == 0:
             return 0
@@ -198,15 +271,17 @@ class VectorQuantizer(nn.Module):
         if ok.item() == 0:
             return 0
         self.codebook[dead] = new
-        self.embed_avg[dead] = new * self.threshold_ema_dead_code
-        self.cluster_size[dead] = float(self.threshold_ema_dead_code)
+        self.embed_avg[dead] = new * threshold
+        self.cluster_size[dead] = float(threshold)
         return num_dead
 
     # ---- forward -----------------------------------------------------------------------------
-    def forward(self, residual: torch.Tensor, valid: torch.Tensor | None = None, update: bool = False):
+    def forward(self, residual: torch.Tensor, valid: torch.Tensor | None = None, update: bool = False,
+                defer: bool = False):
         """Quantize a masked residual (B, D, T).
 
         valid: (B, T) bool frames allowed into codebook statistics (used when ``update``).
+        defer: with ``update``, only accumulate the statistics (see :meth:`apply_pending`).
         Returns (value (B, D, T) straight-through output, indices (B, T), sq_err (B, T) summed over
         codebook dims, z_e (B, D', T)).
         """
@@ -221,7 +296,9 @@ class VectorQuantizer(nn.Module):
         indices = _nearest(flat, self.codebook).view(batch, frames)
         z_q = self.decode_code(indices)
         sq_err = (z_e - z_q.detach()).pow(2).sum(1)
-        if update:
+        if update and defer:
+            self.accumulate_stats(flat[valid_flat], indices.reshape(-1)[valid_flat])
+        elif update:
             self.ema_update(flat[valid_flat], indices.reshape(-1)[valid_flat])
             self.replace_dead_codes(flat[valid_flat])
         value = z_e + (z_q - z_e).detach()  # straight-through estimator
@@ -239,7 +316,7 @@ class ResidualVQ(nn.Module):
                  num_quantizers: int = 8, codebook_size: int = 1024, codebook_dim: int = 8,
                  quantizer_dropout: float = 0.0, commitment: float = 1.0, decay: float = 0.99,
                  epsilon: float = 1e-5, kmeans_iters: int = 10, threshold_ema_dead_code: float = 2,
-                 kmeans_init: bool = True, frozen: bool = False):
+                 kmeans_init: bool = True, frozen: bool = False, dead_code_reference_frames: float | None = None):
         super().__init__()
         rvq_dim = rvq_dim or input_dim
         output_dim = output_dim or input_dim
@@ -253,15 +330,39 @@ class ResidualVQ(nn.Module):
         self.commitment = commitment
         self.threshold_ema_dead_code = threshold_ema_dead_code
         self.frozen = frozen
+        # True under the trainer: forward accumulates, apply_pending_updates() steps the EMA.
+        self.defer_updates = False
         # Registration order = released state-dict order: input_proj, output_proj, quantizers.
         self.input_proj = _wn_conv1x1(input_dim, rvq_dim) if input_dim != rvq_dim else nn.Identity()
         self.output_proj = _wn_conv1x1(rvq_dim, output_dim) if rvq_dim != output_dim else nn.Identity()
         self.quantizers = nn.ModuleList(
             VectorQuantizer(rvq_dim, codebook_size, codebook_dim, decay=decay, epsilon=epsilon,
                             threshold_ema_dead_code=threshold_ema_dead_code,
-                            kmeans_iters=kmeans_iters, kmeans_init=kmeans_init)
+                            kmeans_iters=kmeans_iters, kmeans_init=kmeans_init,
+                            dead_code_reference_frames=dead_code_reference_frames)
             for _ in range(num_quantizers)
         )
+
+    def set_dead_code_reference_frames(self, frames: float | None) -> None:
+        """Training setting (not part of the released architecture): see the module docstring."""
+        frames = _check_reference_frames(frames)
+        for quantizer in self.quantizers:
+            quantizer.dead_code_reference_frames = frames
+
+    @torch.no_grad()
+    def apply_pending_updates(self) -> int:
+        """EMA + dead-code step of every layer from the statistics accumulated since the last call
+        (a collective under DDP: every rank calls it at the same optimizer step). Returns the number
+        of replaced codes."""
+        return sum(quantizer.apply_pending() for quantizer in self.quantizers)
+
+    def discard_pending_updates(self) -> None:
+        for quantizer in self.quantizers:
+            quantizer.discard_pending()
+
+    @property
+    def has_pending_updates(self) -> bool:
+        return any(quantizer.has_pending for quantizer in self.quantizers)
 
     def freeze(self) -> "ResidualVQ":
         """Stage 2: behave as inference even in train mode; no gradients to the projections."""
@@ -319,7 +420,8 @@ class ResidualVQ(nn.Module):
         for i, quantizer in enumerate(self.quantizers):
             active = time_mask & (i < n_q).unsqueeze(1)  # (B, T): frames this layer really codes
             masked_residual = residual * time_mask.unsqueeze(1)
-            value, idx, sq_err, z_e = quantizer(masked_residual, active, update=update)
+            value, idx, sq_err, z_e = quantizer(masked_residual, active, update=update,
+                                                defer=self.defer_updates)
             step = active.unsqueeze(1)
             quantized = quantized + value * step
             residual = residual - value * step
@@ -332,7 +434,7 @@ class ResidualVQ(nn.Module):
             usage.append((hist > 0).sum())
             prob = hist / hist.sum().clamp(min=1)
             perplexity.append(torch.exp(-(prob * torch.log(prob.clamp(min=1e-10))).sum()))
-            dead.append((quantizer.cluster_size < self.threshold_ema_dead_code).sum())
+            dead.append(quantizer.dead_mask().sum())
         layer_losses = torch.stack(layer_losses) * self.commitment
         stats = {
             "commit_loss_per_layer": layer_losses.detach(),
