@@ -37,6 +37,8 @@ from typing import Dict, Iterable, Tuple
 
 import torch
 
+from xytok.hub import offline_hint, resolve_pretrained
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TOWERS = ("semantic_encoder", "acoustic_encoder")
@@ -75,10 +77,12 @@ def load_hf_whisper_encoder(name_or_path, **from_pretrained_kwargs) -> Tuple[Dic
         WhisperModel = _import_transformers()
         source = str(name_or_path)
         try:
-            model = WhisperModel.from_pretrained(source, **from_pretrained_kwargs)
+            # a local dir is used as is; HF_HUB_OFFLINE means cache only (xytok.hub)
+            path, kwargs = resolve_pretrained(source, "Whisper model")
+            model = WhisperModel.from_pretrained(path, **{**kwargs, **from_pretrained_kwargs})
         except OSError as e:
             raise WhisperInitError(f"cannot load Whisper model {source!r} (hub name or local directory "
-                                   f"with config.json + weights): {e}") from None
+                                   f"with config.json + weights): {e}{offline_hint()}") from None
     encoder = model.get_encoder() if hasattr(model, "get_encoder") else model
     cfg = getattr(model, "config", None) or getattr(encoder, "config", None)
     summary = {}

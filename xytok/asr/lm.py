@@ -49,8 +49,15 @@ class HFCausalLM(nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
+        from xytok.hub import offline_hint, resolve_pretrained
+
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        self.model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype)
+        # a local dir is used as is; HF_HUB_OFFLINE means cache only
+        path, kwargs = resolve_pretrained(name_or_path, "asr.lm.name_or_path")
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **kwargs)
+        except OSError as e:
+            raise OSError(f"cannot load the ASR LM {name_or_path!r}: {e}{offline_hint()}") from None
         self.hidden_size = self.model.config.hidden_size
         self.vocab_size = self.model.config.vocab_size
         if freeze:

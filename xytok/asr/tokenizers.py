@@ -54,7 +54,10 @@ class HFTokenizer:
     def __init__(self, name_or_path: str, lowercase: bool = False):
         from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(name_or_path)
+        from xytok.hub import resolve_pretrained
+
+        path, kwargs = resolve_pretrained(name_or_path, "HF tokenizer")  # local dir / HF_HUB_OFFLINE
+        self.tok = AutoTokenizer.from_pretrained(path, **kwargs)
         self.lowercase = lowercase
         eos = self.tok.eos_token_id
         if eos is None:

@@ -6,7 +6,10 @@
 Any `--a.b value` pair not listed below overrides config key a.b (value parsed as YAML).
 Re-running the same command in the same output_dir resumes from its checkpoint.pth.
 Multi-process: launch with torchrun (`torchrun --nproc_per_node N -m xytok.bin.train ...`), or
-pass `--ngpu N` (N > 1) and this script re-launches itself under torchrun.
+pass `--ngpu N` (N > 1) and this script re-launches itself under torchrun. Several nodes: run the
+same command on each node with `--num_nodes M --node_rank K --rdzv_endpoint HOST:PORT` (HOST = the
+node with rank 0), or under Slurm with MASTER_ADDR/MASTER_PORT exported (utils/slurm.pl does);
+see xytok/train/launch.py.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import sys
 from pathlib import Path
 
 import yaml
+
+from xytok.train.launch import LaunchError, add_launch_arguments, argv_from_args, needs_launcher
 
 # Intel MKL may pick kernels by memory alignment, so the same matmul can round differently from
 # run to run; strict Conditional Numerical Reproducibility makes a resumed CPU run bit-identical.
@@ -37,9 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--init_param", help="start a NEW run from these weights (released model.ckpt or a "
                                         "training checkpoint); unrelated to resuming")
     p.add_argument("--spm_model", help="sentencepiece model of recipe stage 4 (sets asr.tokenizer.model)")
-    p.add_argument("--num_nodes", type=int, default=1, help="nodes (informational; torchrun sets the world) "
-                                                            "[default: %(default)s]")
-    p.add_argument("--ngpu", type=int, default=0, help="GPUs per node (0 = CPU) [default: %(default)s]")
+    add_launch_arguments(p)  # --ngpu --num_nodes --node_rank --rdzv_endpoint --master_port --rdzv_id
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
     return p
 
@@ -69,10 +72,15 @@ def main(argv=None) -> int:
     if not args.output_dir:
         parser.error("--output_dir is required")
 
-    if args.ngpu > 1 and "WORLD_SIZE" not in os.environ:
-        # Re-launch this exact command under torchrun, one process per GPU.
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ngpu}",
-               "-m", "xytok.bin.train"] + list(sys.argv[1:] if argv is None else argv)
+    if needs_launcher(args.ngpu, args.num_nodes):
+        # Re-launch this exact command under torchrun: one process per GPU (one per node on CPU),
+        # and with --num_nodes > 1 one such launcher per node meeting at the rendezvous point.
+        try:
+            launcher = argv_from_args(args, args.output_dir)
+        except LaunchError as e:
+            parser.error(str(e))
+        cmd = launcher + ["-m", "xytok.bin.train"] + list(sys.argv[1:] if argv is None else argv)
+        logging.getLogger("xytok.train").warning("launching: %s", " ".join(cmd))
         return subprocess.call(cmd)
 
     from xytok.train.distributed import cleanup_distributed, init_distributed

@@ -1,11 +1,14 @@
 """torch.distributed setup from the torchrun environment (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_*).
 
 NCCL on GPU, gloo on CPU. A plain `python -m xytok.bin.train` (no torchrun) is world_size 1 and
-never touches torch.distributed, so single-process CPU runs need no rendezvous.
+never touches torch.distributed, so single-process CPU runs need no rendezvous. Under torchrun the
+process group is set up even for a world of one (`torchrun --nproc_per_node 1`), so that such a
+run goes through the same NCCL/gloo + DDP code as a multi-GPU one.
 """
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,6 +22,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    process_group: bool = False  # a torch.distributed process group is up (torchrun, any world size)
 
     @property
     def is_main(self) -> bool:
@@ -26,11 +30,19 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """Collectives and DDP wrapping are on: several processes, or a torchrun world of one."""
+        return self.world_size > 1 or self.process_group
+
+
+def launched_by_torchrun(env=None) -> bool:
+    """torchrun (torch.distributed.run) sets these for its workers, even with one process."""
+    env = os.environ if env is None else env
+    return "TORCHELASTIC_RUN_ID" in env or "LOCAL_WORLD_SIZE" in env
 
 
 def init_distributed(ngpu: int = 0, timeout_minutes: int = 30) -> DistInfo:
-    """Read the torchrun env; init the process group when world_size > 1; pick the device.
+    """Read the torchrun env; init the process group when world_size > 1 or under torchrun; pick
+    the device.
 
     ngpu = 0 forces CPU (and gloo) even when CUDA is visible, like ESPnet's `--ngpu 0`.
     """
@@ -43,7 +55,7 @@ def init_distributed(ngpu: int = 0, timeout_minutes: int = 30) -> DistInfo:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    if (world_size > 1 or launched_by_torchrun()) and not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
             init_method="env://",
@@ -51,7 +63,8 @@ def init_distributed(ngpu: int = 0, timeout_minutes: int = 30) -> DistInfo:
             world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes),
         )
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                    process_group=dist.is_available() and dist.is_initialized())
 
 
 def cleanup_distributed() -> None:
@@ -63,6 +76,30 @@ def cleanup_distributed() -> None:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+@contextmanager
+def local_rank_zero_first(local_rank: int | None = None):
+    """Run the block on local rank 0 of every node first, then on the other ranks.
+
+    Used around downloads of pretrained parts (Whisper, the LLM): one process per node fetches
+    them into the node's Hugging Face cache while the others wait at a barrier, then they load
+    from that cache. Without a process group it is a plain block. ``local_rank`` defaults to
+    $LOCAL_RANK. If the block fails on rank 0 the barrier is still reached, so the others do not
+    hang; they run the block themselves and fail with their own message.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    if local_rank is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank != 0:
+        dist.barrier()  # wait until every node's local rank 0 has left the block
+    try:
+        yield
+    finally:
+        if local_rank == 0:
+            dist.barrier()
 
 
 def any_rank_true(flag: bool, device: torch.device) -> bool:

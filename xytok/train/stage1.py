@@ -19,6 +19,7 @@ import torch.nn as nn
 import yaml
 
 from xytok.losses import MultiScaleMelLoss, feature_l1
+from xytok.train.distributed import local_rank_zero_first
 from xytok.train.task import Task
 
 log = logging.getLogger("xytok.train")
@@ -86,6 +87,12 @@ class Stage1Task(Task):
         "loss_weights": {"asr": 1.0, "mel": 1.0, "feat": 0.0, "commit": 1.0},
         "mel_resolutions": [[512, 128, 64], [1024, 256, 80], [2048, 512, 128]],
         "quantizer_dropout": None,     # override generator_params.quantizer_kwargs.quantizer_dropout
+        # Dead-code threshold per frames seen: a code is dead when its share of the valid frames of
+        # a step is below threshold_ema_dead_code (2) / this, the same at any world size x batch x
+        # grad_accum. 48000 = the released quantizer at the paper's batch (32 GPUs x 4 items, each
+        # padded to 30 s = 375 frames, which the official code counts; the paper's segment length is
+        # unconfirmed). null = the absolute EMA count of 2 per step, whatever the batch.
+        "dead_code_reference_frames": 48000,
         "valid_cer": True,             # greedy-decode every valid utterance and report CER
         "num_examples": 4,             # valid utterances shown (mel image + transcript)
         "asr": {"lm": {"type": "decoder"}, "tokenizer": {}, "adapter": {}},
@@ -100,10 +107,12 @@ class Stage1Task(Task):
         if conf.get("quantizer_dropout") is not None:
             gp["quantizer_kwargs"]["quantizer_dropout"] = float(conf["quantizer_dropout"])
         codec = build_codec(gp)
+        codec.quantizer.set_dead_code_reference_frames(conf.get("dead_code_reference_frames"))
         if conf.get("whisper_init"):
             from xytok.whisper_init import load_whisper_encoder_into
 
-            load_whisper_encoder_into(codec, conf["whisper_init"], towers=tuple(conf["whisper_init_towers"]))
+            with local_rank_zero_first():  # one download per node; the other ranks read the cache
+                load_whisper_encoder_into(codec, conf["whisper_init"], towers=tuple(conf["whisper_init_towers"]))
         if conf.get("semantic_init"):
             from xytok.checkpoint import load_state_strict
 
@@ -121,7 +130,8 @@ class Stage1Task(Task):
         from xytok.asr import build_asr_branch
 
         post_dim = gp["post_rvq_adapter_kwargs"]["output_dim"]
-        asr = build_asr_branch(conf["asr"], in_dim=post_dim)
+        with local_rank_zero_first():  # asr.lm.type hf fetches the LLM and its tokenizer
+            asr = build_asr_branch(conf["asr"], in_dim=post_dim)
         model = Stage1Model(codec, asr, conf.get("frozen") or [])
         trainable_only = conf.get("trainable")
         if trainable_only:  # explicit allow-list: everything else frozen
@@ -156,7 +166,7 @@ class Stage1Task(Task):
             total = total + w["feat"] * values["feat_loss"]
         if run_asr:
             values["asr_loss"] = out["asr_loss"].float()
-            values["asr_acc"] = out["asr_stats"]["asr_acc"]
+            values.update(out["asr_stats"])  # asr_acc (LM token accuracy) or ctc_acc (CTC head)
             total = total + w["asr"] * values["asr_loss"]
         values["loss"] = total
         return total, values, out
