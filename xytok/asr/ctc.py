@@ -29,6 +29,17 @@ def ctc_collapse(ids, blank: int = 0) -> List[int]:
     return out
 
 
+def edit_distance(ref, hyp) -> int:
+    """Levenshtein distance between two sequences (substitutions, insertions, deletions cost 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
 class CTCASRHead(nn.Module):
     def __init__(self, in_dim: int, tokenizer, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
                  ffn_dim: int = 1024, upsample: int = 4, dropout: float = 0.1):
@@ -59,8 +70,11 @@ class CTCASRHead(nn.Module):
         return self.output(self.norm(h)).float().log_softmax(-1), lengths
 
     def forward(self, feats: torch.Tensor, feat_lengths: torch.Tensor, texts: List[str]):
-        """-> (CTC loss averaged over target units, {"asr_acc": of the non-blank greedy labels, the
-        fraction that occur in the item's transcript})."""
+        """-> (CTC loss averaged over target units, {"ctc_acc": 1 - unit error rate of the greedy
+        decode against the reference units over the batch, clipped at 0}).
+
+        Not the LM branch's `asr_acc` (teacher-forced next-token accuracy): a different quantity,
+        so a different key."""
         logp, lengths = self.log_probs(feats, feat_lengths)
         # No truncation: a cut transcript would no longer match its audio (CTC needs both whole).
         targets = [self.tokenizer.encode(t) for t in texts]
@@ -69,16 +83,12 @@ class CTCASRHead(nn.Module):
         loss = F.ctc_loss(logp.transpose(0, 1), flat, lengths, target_lengths, blank=0, reduction="mean",
                           zero_infinity=True)
         with torch.no_grad():
-            best = logp.argmax(-1)
-            hits, emitted = 0, 0
-            for i, ids in enumerate(targets):
-                labels = best[i, : int(lengths[i])]
-                labels = labels[labels != 0]
-                emitted += labels.numel()
-                if labels.numel():
-                    hits += int(torch.isin(labels, torch.tensor(ids, dtype=torch.long, device=labels.device)).sum())
-            acc = torch.tensor(hits / max(emitted, 1), device=logp.device)
-        return loss, {"asr_acc": acc}
+            best = logp.argmax(-1).cpu()
+            errors = sum(edit_distance(ids, ctc_collapse(best[i, : int(lengths[i])].tolist()))
+                         for i, ids in enumerate(targets))
+            units = sum(len(ids) for ids in targets)
+            acc = torch.tensor(max(0.0, 1.0 - errors / max(units, 1)), device=logp.device)
+        return loss, {"ctc_acc": acc}
 
     @torch.no_grad()
     def greedy_decode(self, feats: torch.Tensor, feat_lengths: torch.Tensor, max_new_tokens=None) -> List[str]:
@@ -88,4 +98,4 @@ class CTCASRHead(nn.Module):
                 for i in range(best.shape[0])]
 
 
-__all__ = ["CTCASRHead", "ctc_collapse"]
+__all__ = ["CTCASRHead", "ctc_collapse", "edit_distance"]

@@ -238,8 +238,8 @@ class Stage2Task(Task):
                              f"{missing[:5]}; is it a model of this architecture (generator_params)?")
         unexpected = sorted(set(sd) - set(own))
         if unexpected:
-            log.info("--init_param: ignoring %d keys that are not codec weights (e.g. %s)",
-                     len(unexpected), unexpected[:3])
+            log.warning("--init_param: ignoring %d unexpected keys that are not codec weights (e.g. %s)",
+                        len(unexpected), unexpected[:3])
         try:
             codec.load_state_dict({k: sd[k] for k in own}, strict=True)
         except RuntimeError as e:

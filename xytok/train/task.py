@@ -75,8 +75,13 @@ class Task:
                 continue
             missing, unexpected = model.load_state_dict(sources[name], strict=False)
             log.info("--init_param: %s loaded (%d missing, %d unexpected keys)", name, len(missing), len(unexpected))
+            # A partial load leaves random weights behind: say so where it is seen.
             if missing:
-                log.info("  missing e.g. %s", missing[:5])
+                log.warning("--init_param: model %r: %d keys missing from the checkpoint (they keep their "
+                            "initialisation), e.g. %s", name, len(missing), missing[:5])
+            if unexpected:
+                log.warning("--init_param: model %r: %d unexpected keys in the checkpoint ignored, e.g. %s",
+                            name, len(unexpected), unexpected[:5])
 
     # -- steps ------------------------------------------------------------------------------
     def train_step(self, batch: Dict[str, Any], step: int, ctx) -> Dict[str, float]:

@@ -40,6 +40,9 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "max_epochs": 1000000,
     "grad_accum": 1,
     "grad_clip": 1.0,
+    # A step whose loss or gradient norm is NaN/Inf is skipped (no optimizer / LR / codebook update,
+    # counted as `nonfinite_skipped`); this many skipped steps in a row stop the run.
+    "max_nonfinite_steps": 10,
     "amp": "none",  # none | bf16 | fp16 (GPU only; CPU always runs fp32)
     "log_interval": 10,
     "valid_interval": 500,
@@ -55,10 +58,14 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "data": {
         "train": None,
         "valid": None,
-        "max_frames": 6000,       # padded mel frames (100 Hz) per batch, before cropping
+        "max_frames": 6000,       # padded mel frames (100 Hz) per batch (after cropping)
         "max_batch_size": 32,
-        "crop_seconds": 5.12,     # random crop of long training utterances (multiple of 0.08 s)
-        "valid_crop_seconds": 30.0,
+        # null = whole utterances (required with the ASR loss: its text must match the audio);
+        # a number = random crop of that many seconds (reconstruction only, multiple of 0.08 s)
+        "crop_seconds": None,
+        "valid_crop_seconds": None,
+        "max_utt_seconds": 30.0,  # whole utterances longer than this are dropped (counted, logged)
+        "use_feats": False,       # true: read stage-3 feats.scp; false: log-mel on the training device
         "min_seconds": 0.32,
         "valid_max_utts": 200,
         "bucket_size": 100,
@@ -184,7 +191,12 @@ def lr_lambda_factory(conf: Dict[str, Any], max_steps: int):
 # -- the step context handed to Task.train_step ---------------------------------------------------
 class StepContext:
     """What a Task needs inside a step. `models` are DDP-wrapped where training is distributed
-    (use them for forward so gradients sync); `raw_models` are the plain modules."""
+    (use them for forward so gradients sync); `raw_models` are the plain modules.
+
+    Off the accumulation boundary the trainer runs the whole train_step (forward AND backward)
+    inside `no_sync` of every DDP model: DDP decides in forward whether the backward all-reduces.
+    A non-finite loss (seen by backward) or gradient norm makes optimizer_step skip the step on
+    every rank (see Trainer._finish_step)."""
 
     def __init__(self, trainer: "Trainer"):
         self._t = trainer
@@ -195,6 +207,8 @@ class StepContext:
         self.scaler: Optional[torch.amp.GradScaler] = None
         self.grad_norms: Dict[str, float] = {}
         self.micro_step = 0  # index of the current micro-batch within the accumulation window
+        self._nonfinite_loss: Dict[str, bool] = {}  # model name -> a non-finite loss this window
+        self.skipped: Dict[str, str] = {}  # optimizer name -> why its step was skipped (this step)
 
     # read-only views of trainer state
     @property
@@ -229,22 +243,34 @@ class StepContext:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
+    def no_sync_unless_boundary(self):
+        """`no_sync` of every DDP model off the boundary: wrap forward + backward (train_step)."""
+        stack = contextlib.ExitStack()
+        if not self.is_boundary:
+            for m in self.models.values():
+                if isinstance(m, torch.nn.parallel.DistributedDataParallel):
+                    stack.enter_context(m.no_sync())
+        return stack
+
     def backward(self, loss: torch.Tensor, models: Optional[List[str]] = None) -> None:
-        """loss / grad_accum, scaled for fp16, without DDP all-reduce except on the boundary."""
+        """loss / grad_accum, scaled for fp16. A non-finite loss is remembered for the models'
+        next optimizer_step (which then skips). The trainer handles DDP no_sync."""
+        if not bool(torch.isfinite(loss.detach()).all()):
+            for name in models or list(self.models):
+                self._nonfinite_loss[name] = True
         loss = loss / self.grad_accum
         if self.scaler is not None:
             loss = self.scaler.scale(loss)
-        with contextlib.ExitStack() as stack:
-            if not self.is_boundary:
-                for name in models or list(self.models):
-                    m = self.models[name]
-                    if isinstance(m, torch.nn.parallel.DistributedDataParallel):
-                        stack.enter_context(m.no_sync())
-            loss.backward()
+        loss.backward()
 
     def optimizer_step(self, name: str, clip: Optional[float] = None) -> Optional[float]:
         """On the boundary: unscale, clip (config grad_clip unless given), step, zero_grad, LR step.
-        Returns the pre-clip gradient norm (None off the boundary)."""
+        Returns the pre-clip gradient norm (None off the boundary).
+
+        A non-finite loss in the window or a non-finite gradient norm (without an fp16 scaler,
+        whose overflow handling owns that case) skips the step on every rank: gradients are
+        zeroed, neither the optimizer nor its LR schedule advance (the schedule follows real
+        updates), and the trainer drops the window's codebook statistics."""
         if not self.is_boundary:
             return None
         opt = self.optimizers[name]
@@ -256,6 +282,18 @@ class StepContext:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
         else:
             norm = torch.norm(torch.stack([p.grad.detach().norm() for p in params])) if params else torch.zeros(())
+        loss_bad = (self._nonfinite_loss.pop(name, False) if name in self.models
+                    else any(self._nonfinite_loss.values()))
+        grad_bad = not math.isfinite(float(norm)) and self.scaler is None
+        # The grad norm is the same on every rank after the all-reduce; a local loss is not.
+        if any_rank_true(loss_bad, self.device):
+            self.skipped[name] = "loss"
+        elif grad_bad:
+            self.skipped[name] = "gradient"
+        if name in self.skipped:
+            opt.zero_grad(set_to_none=True)
+            self.grad_norms[name] = float(norm)
+            return float(norm)
         if self.scaler is not None:
             self.scaler.step(opt)
         else:
@@ -285,6 +323,10 @@ class Trainer:
         self.grad_accum = int(config.get("grad_accum", 1))
         self.max_steps = int(config["max_steps"])
         self.amp_dtype = self._amp_dtype(config.get("amp", "none"))
+        self.max_nonfinite = int(config.get("max_nonfinite_steps", 10))
+        self.nonfinite_total = 0    # optimizer steps skipped for a NaN/Inf loss or gradient
+        self.nonfinite_in_a_row = 0
+        self._quantizers: List[torch.nn.Module] = []  # training-time RVQs (EMA applied per step)
         self.reporter = Reporter(self.exp_dir, enabled=dist_info.is_main,
                                  use_tensorboard=bool(config.get("tensorboard", True)))
         self.ctx = StepContext(self)
@@ -319,6 +361,13 @@ class Trainer:
             self.task.init_from(models, state)
         self._log_param_counts(models)
         self.ctx.raw_models = models
+        from xytok.nn.rvq import ResidualVQ
+
+        # Codebook EMA / dead-code statistics accumulate over the micro-batches of a step and are
+        # applied once on its boundary (or dropped when the step is skipped): _finish_step.
+        self._quantizers = [m for model in models.values() for m in model.modules() if isinstance(m, ResidualVQ)]
+        for quantizer in self._quantizers:
+            quantizer.defer_updates = True
         self.ctx.optimizers = self.task.build_optimizers(models)
         self.ctx.schedulers = {
             name: torch.optim.lr_scheduler.LambdaLR(
@@ -352,12 +401,27 @@ class Trainer:
                 log.info("  %-28s trainable %12d  frozen %12d", top, t, f)
 
     # -- data -----------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Check the data config, then build the manifests (Kaldi dir -> cached lazy manifest) on
+        rank 0 while the other ranks wait, so N processes never convert the same dir at once."""
+        from xytok.data.dataset import check_data_config
+        from xytok.data.manifest import manifest_for
+
+        check_data_config(self.config)
+        dirs = [self.config["data"].get(k) for k in ("train", "valid")]
+        if self.dist.is_main:
+            for d in dirs:
+                if d:
+                    manifest_for(d)
+        barrier()
+
     def _build_loader(self, data_dir: str, train: bool, epoch: int, skip_batches: int = 0):
         from xytok.data.dataset import build_dataloader
 
         return build_dataloader(
             self.task, data_dir, self.config, train=train, epoch=epoch,
             rank=self.dist.rank, world_size=self.dist.world_size, skip_batches=skip_batches,
+            build_manifest=self.dist.is_main,
         )
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -375,6 +439,7 @@ class Trainer:
             "rng": rng_states,
             "world_size": self.dist.world_size,
             "task": self.task.extra_state(),
+            "nonfinite": {"total": self.nonfinite_total, "in_a_row": self.nonfinite_in_a_row},
             "config": self.config,
         }
 
@@ -409,13 +474,73 @@ class Trainer:
         self.epoch = state["epoch"]
         self.batch_in_epoch = state["batch_in_epoch"]
         self.ctx.micro_step = state.get("micro_step", 0)
+        nonfinite = state.get("nonfinite") or {}
+        self.nonfinite_total = int(nonfinite.get("total", 0))
+        self.nonfinite_in_a_row = int(nonfinite.get("in_a_row", 0))
         self.task.load_extra_state(state.get("task", {}))
+        self._record_config_changes(state.get("config"))
         ckpt_lib.set_rng_state(state["rng"][self.dist.rank])
         self.reporter.truncate_after(self.step)
         log.info("resumed: step %d, epoch %d, batch %d of the epoch", self.step, self.epoch, self.batch_in_epoch)
         return True
 
+    def _record_config_changes(self, stored: Optional[Dict[str, Any]]) -> None:
+        """Warn about every key whose value differs from the checkpoint's config (the run goes on
+        with the new values) and append them to exp_dir/config_changes.log."""
+        if stored is None:
+            log.warning("%s: the checkpoint stores no config; cannot check it against this run's", self.exp_dir)
+            return
+        changes = config_changes(stored, self.config)
+        if not changes:
+            return
+        lines = [f"{key}: {old!r} -> {new!r}" for key, old, new in changes]
+        log.warning("resuming at step %d with a config that differs from the checkpoint's in %d key(s) "
+                    "(continuing with the new values):\n  %s", self.step, len(changes), "\n  ".join(lines))
+        if self.dist.is_main:
+            with open(self.exp_dir / "config_changes.log", "a") as f:
+                f.write(f"# resumed at step {self.step} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+                f.write("".join(line + "\n" for line in lines))
+
     # -- loops ----------------------------------------------------------------------------------
+    def train_micro_batch(self, batch: Dict[str, Any]) -> tuple:
+        """Run task.train_step on one micro-batch -> (values, boundary). Off the boundary forward
+        and backward run inside DDP no_sync (no gradient all-reduce); on it, _finish_step."""
+        boundary = self.ctx.is_boundary
+        with self.ctx.no_sync_unless_boundary():
+            values = self.task.train_step(batch, self.step, self.ctx)
+        if boundary:
+            self._finish_step(batch)
+        self.ctx.micro_step = (self.ctx.micro_step + 1) % self.grad_accum
+        return values, boundary
+
+    def _finish_step(self, batch: Dict[str, Any]) -> None:
+        """Boundary bookkeeping: apply (or, for a skipped step, drop) the codebook statistics of
+        the window; count skipped steps and stop after max_nonfinite_steps in a row."""
+        skipped = dict(self.ctx.skipped)
+        self.ctx.skipped.clear()
+        self.ctx._nonfinite_loss.clear()
+        if not skipped:
+            for quantizer in self._quantizers:
+                quantizer.apply_pending_updates()
+            self.nonfinite_in_a_row = 0
+            return
+        for quantizer in self._quantizers:
+            quantizer.discard_pending_updates()
+        self.nonfinite_total += 1
+        self.nonfinite_in_a_row += 1
+        why = ", ".join(f"{name}: non-finite {what}" for name, what in sorted(skipped.items()))
+        utts = batch.get("utt_ids") or []
+        shown = " ".join(utts[:8]) + (" ..." if len(utts) > 8 else "")
+        log.warning("step %d skipped (%s; %d in a row, %d in total); last micro-batch: %s",
+                    self.step + 1, why, self.nonfinite_in_a_row, self.nonfinite_total, shown or "-")
+        if self.max_nonfinite > 0 and self.nonfinite_in_a_row >= self.max_nonfinite:
+            raise RuntimeError(
+                f"{self.exp_dir}: {self.nonfinite_in_a_row} optimizer steps in a row had a non-finite loss or "
+                f"gradient (steps {self.step + 2 - self.nonfinite_in_a_row}..{self.step + 1}; {why}; last "
+                f"micro-batch: {shown or '-'}). Stopping: the weights are still those of the last good step. "
+                "Check those utterances, lower optim.lr or raise grad_clip / max_nonfinite_steps; then "
+                "re-run to resume from the last checkpoint.")
+
     def train(self) -> None:
         data_conf = self.config["data"]
         if not data_conf.get("train"):
@@ -444,12 +569,10 @@ class Trainer:
                 if any_rank_true(batch is None, self.dist.device):
                     break
                 batch = _to_device(batch, self.dist.device)
-                values = self.task.train_step(batch, self.step, self.ctx)
+                values, boundary = self.train_micro_batch(batch)
                 for k, v in values.items():
                     acc.setdefault(k, []).append(float(v))
                 self.batch_in_epoch += 1
-                boundary = self.ctx.is_boundary
-                self.ctx.micro_step = (self.ctx.micro_step + 1) % self.grad_accum
                 if not boundary:
                     continue
                 if self.ctx.scaler is not None:
@@ -482,6 +605,7 @@ class Trainer:
             values[f"lr_{name}" if len(self.ctx.optimizers) > 1 else "lr"] = self.ctx.lr(name)
         for name, norm in self.ctx.grad_norms.items():
             values[f"grad_norm_{name}" if len(self.ctx.grad_norms) > 1 else "grad_norm"] = norm
+        values["nonfinite_skipped"] = float(self.nonfinite_total)  # same on every rank
         self.reporter.log_metrics(self.step, "train", values)
         if self.dist.is_main:
             log.info(self.reporter.progress_line(self.step, self.max_steps, self.epoch, values))
@@ -527,6 +651,7 @@ class Trainer:
         self.reporter.close()
 
     def run(self) -> None:
+        self.prepare_data()
         self.setup()
         resumed = self.try_resume()
         if not resumed and self.dist.is_main:
@@ -538,6 +663,30 @@ class Trainer:
         else:
             self.train()
         self.finish()
+
+
+def _flatten(config: Any, prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(config, dict):
+        return {prefix: config}
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+_ABSENT = "<absent>"
+
+
+def config_changes(old: Dict[str, Any], new: Dict[str, Any]) -> List[tuple]:
+    """[(dotted key, old value, new value)] for every leaf that differs (sorted by key);
+    a key missing on one side shows as '<absent>'."""
+    a, b = _flatten(old or {}), _flatten(new or {})
+    return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 
 
 def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
