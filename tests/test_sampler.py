@@ -1,7 +1,9 @@
-"""Length-bucketed batch sampler: frame budget, determinism, equal DDP shards, resume skip."""
+"""Length-bucketed batch sampler: frame budget, determinism, exactly-once equal DDP shards, resume skip,
+shard-local shuffling."""
 import numpy as np
+import pytest
 
-from xytok.data.sampler import BucketBatchSampler, make_batches, shard_batches
+from xytok.data.sampler import BucketBatchSampler, make_batches
 
 
 def lengths(n=57, seed=0):
@@ -25,12 +27,38 @@ def test_deterministic_per_epoch_and_different_across_epochs():
     assert make_batches(lens, 2000, 8, False, 1, 0) == make_batches(lens, 2000, 8, False, 9, 5)
 
 
-def test_shards_equal_length_and_skip():
+@pytest.mark.parametrize("n,world", [(23, 3), (7, 2), (5, 5), (101, 4), (1, 1)])
+def test_ranks_equal_length_and_every_item_exactly_once(n, world):
+    lens = lengths(n)
+    per_rank = [[i for b in BucketBatchSampler(lens, 3000, 4, shuffle=True, seed=0, epoch=1, rank=r,
+                                               world_size=world) for i, _ in b] for r in range(world)]
+    counts = {len(BucketBatchSampler(lens, 3000, 4, shuffle=True, seed=0, epoch=1, rank=r, world_size=world))
+              for r in range(world)}
+    assert len(counts) == 1
+    flat = [i for r in per_rank for i in r]
+    assert sorted(flat) == list(range(n))  # no item twice, none missing
+
+
+def test_more_ranks_than_items_is_an_error():
+    with pytest.raises(ValueError, match="cannot be spread over 4 ranks"):
+        BucketBatchSampler(lengths(3), 3000, 4, shuffle=True, world_size=4)
+
+
+def test_groups_stay_together_in_the_epoch_order():
+    # 20 shards of 10 items: with a window of one batch's items, each batch comes from one shard
+    n = 200
+    groups = np.repeat(np.arange(20), 10)
+    lens = lengths(n)
+    batches = make_batches(lens, 10 ** 9, 5, True, seed=3, epoch=0, bucket_size=2, groups=groups)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    spans = [len({int(groups[i]) for i in b}) for b in batches]
+    assert max(spans) <= 2  # a window of 10 consecutive items spans at most 2 shards
+    ungrouped = make_batches(lens, 10 ** 9, 5, True, seed=3, epoch=0, bucket_size=2)
+    assert max(len({int(groups[i]) for i in b}) for b in ungrouped) > 2
+
+
+def test_skip():
     lens = lengths(23)
-    batches = make_batches(lens, 3000, 4, True, seed=0, epoch=0)
-    shards = [shard_batches(batches, r, 3) for r in range(3)]
-    assert len({len(s) for s in shards}) == 1
-    assert {i for s in shards for b in s for i in b} == set(range(23))
     full = list(BucketBatchSampler(lens, 3000, 4, shuffle=True, seed=0, epoch=2, rank=1, world_size=3))
     rest = list(BucketBatchSampler(lens, 3000, 4, shuffle=True, seed=0, epoch=2, rank=1, world_size=3, skip_batches=2))
     assert rest == full[2:] and all(e == 2 for b in full for _, e in b)

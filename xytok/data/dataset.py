@@ -1,13 +1,17 @@
-"""Training/validation datasets over recipe data dirs (Kaldi format).
+"""Training/validation datasets over lazy manifests (a Kaldi data dir is converted and cached).
 
-A data dir needs wav.scp (the reconstruction target) and text (the ASR target); feats.scp
-(kaldiio, (frames, 80) log-mel from recipe stage 3) is used for the model input when present,
-otherwise the task computes the log-mel from the waveform; utt2num_samples (stage 2) gives lengths
-for bucketing without opening the audio.
-
-Every item is cut to a multiple of 1280 samples (one 12.5 Hz code frame) so codes, mel frames
-(160 samples) and the decoder output line up exactly. Long training utterances get a random crop
-of `crop_seconds`, whose start is also a multiple of 1280 and is drawn from (seed, epoch, item).
+What the model sees, and what it is told about it:
+* An item that carries a transcript (the ASR loss is on) is a WHOLE utterance, never cropped, so
+  the text describes exactly the audio. Utterances longer than `data.max_utt_seconds` (the model's
+  30-s window) are dropped, counted and logged; corpora with segment times can cut at them (Kaldi
+  `segments`). A config asking for a crop together with the ASR loss is an error.
+* Reconstruction-only training (stage 2, or stage 1 with `loss_weights.asr: 0`) may take a random
+  crop of `crop_seconds`; its start is a multiple of 1280 samples drawn from (seed, epoch, item).
+* Every item is cut to a multiple of 1280 samples (one 12.5 Hz code frame) so codes, mel frames
+  (160 samples) and the decoder output line up exactly.
+* Lengths for bucketing come from the manifest's metadata; audio is opened only to be trained on.
+* The log-mel is computed by the task on the training device unless `data.use_feats` is true and
+  the data dir has stage-3 features (feats.scp).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from xytok.data.manifest import DataError, Manifest, manifest_for
 from xytok.data.sampler import BucketBatchSampler
 
 log = logging.getLogger("xytok.data")
@@ -26,144 +31,148 @@ CODE_HOP = 1280   # samples per 12.5 Hz code frame
 MEL_HOP = 160     # samples per 100 Hz mel frame
 SAMPLE_RATE = 16000
 
+__all__ = ["DataError", "SpeechTextDataset", "collate", "build_dataset", "build_dataloader",
+           "uses_text", "check_data_config"]
 
-class DataError(ValueError):
-    """A problem with the data dir, naming the file and/or utterance."""
+
+def uses_text(config: Dict[str, Any]) -> bool:
+    """True when training items carry transcripts: the data wants text and the ASR loss is on."""
+    d = config.get("data") or {}
+    asr_weight = float((config.get("loss_weights") or {}).get("asr", 0.0) or 0.0)
+    return bool(d.get("require_text", True)) and asr_weight > 0
 
 
-def read_kaldi_map(path: Path, allow_empty_value: bool = False) -> Dict[str, str]:
-    out: Dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) < 2 and not allow_empty_value:
-                raise DataError(f"{path}:{lineno}: utterance {parts[0]!r} has no value")
-            if parts[0] in out:
-                raise DataError(f"{path}:{lineno}: duplicate utterance id {parts[0]!r}")
-            out[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
-    return out
+def _crop_samples(seconds: Optional[float]) -> Optional[int]:
+    if not seconds:
+        return None
+    return max(CODE_HOP, int(round(float(seconds) * SAMPLE_RATE / CODE_HOP)) * CODE_HOP)
+
+
+def check_data_config(config: Dict[str, Any]) -> None:
+    """Reject configs whose items could not be what the losses assume (raises DataError)."""
+    d = config.get("data") or {}
+    if uses_text(config):
+        for key in ("crop_seconds", "valid_crop_seconds"):
+            if d.get(key):
+                raise DataError(
+                    f"data.{key}={d[key]} with the ASR loss on (loss_weights.asr > 0): a crop keeps part of "
+                    f"the audio but the whole transcript, so the ASR branch would learn words that are not in "
+                    f"its input. Set data.{key}: null (whole utterances; longer than data.max_utt_seconds are "
+                    f"dropped), or train reconstruction only (loss_weights.asr: 0)")
 
 
 class SpeechTextDataset(torch.utils.data.Dataset):
-    def __init__(self, data_dir: str, *, crop_seconds: Optional[float], min_seconds: float = 0.32,
-                 seed: int = 0, random_crop: bool = True, max_utts: Optional[int] = None,
-                 require_text: bool = True, use_feats: bool = True):
-        self.data_dir = Path(data_dir)
-        wav_scp = self.data_dir / "wav.scp"
-        if not wav_scp.exists():
-            raise DataError(f"{self.data_dir}: no wav.scp (run recipe stage 2 first)")
-        from xytok.audio import read_wav_scp
+    """Items of a manifest (or of a Kaldi data dir through its cached manifest).
 
-        self.wavs = read_wav_scp(str(wav_scp))
-        self.texts: Dict[str, str] = {}
-        text_path = self.data_dir / "text"
-        if require_text:
-            if not text_path.exists():
-                raise DataError(f"{self.data_dir}: no text file (the ASR branch needs transcripts)")
-            self.texts = read_kaldi_map(text_path, allow_empty_value=True)
-            for utt in self.wavs:
-                if utt not in self.texts:
-                    raise DataError(f"{text_path}: missing transcript for utterance {utt!r} (it is in wav.scp)")
-                if not self.texts[utt].strip():
-                    raise DataError(f"{text_path}: empty transcript for utterance {utt!r}")
-        self.feats = None
-        feats_scp = self.data_dir / "feats.scp"
-        if use_feats and feats_scp.exists():
-            import kaldiio
+    `key` for __getitem__ is `index` or `(index, epoch)`; the epoch seeds the random crop.
+    """
 
-            self.feats = kaldiio.load_scp(str(feats_scp))
-        num_samples = self._read_lengths()
-
-        self.crop = None
-        if crop_seconds:
-            self.crop = max(CODE_HOP, int(round(crop_seconds * SAMPLE_RATE / CODE_HOP)) * CODE_HOP)
-        min_samples = max(CODE_HOP, int(min_seconds * SAMPLE_RATE))
-        utts = sorted(self.wavs)
-        kept, too_short = [], []
-        for utt in utts:
-            n = num_samples[utt]
-            if n <= 0:
-                raise DataError(f"{self.data_dir}: utterance {utt!r} has empty audio (0 samples)")
-            (kept if n >= min_samples else too_short).append(utt)
-        if too_short:
-            log.warning("%s: skipping %d utterance(s) shorter than %.2f s (e.g. %s)", self.data_dir,
-                        len(too_short), min_samples / SAMPLE_RATE, too_short[:3])
+    def __init__(self, source: str, *, crop_seconds: Optional[float], min_seconds: float = 0.32,
+                 max_utt_seconds: Optional[float] = 30.0, seed: int = 0, random_crop: bool = True,
+                 max_utts: Optional[int] = None, require_text: bool = True, use_feats: bool = False,
+                 build_manifest: bool = True):
+        self.source = str(source)
+        self.manifest = Manifest(manifest_for(source, build=build_manifest))
+        meta = self.manifest.meta
+        self.require_text = bool(require_text)
+        if require_text and meta["num_with_text"] < meta["num_items"]:
+            missing = meta["num_items"] - meta["num_with_text"]
+            first = (meta.get("missing_text_examples") or ["?"])[0]
+            raise DataError(f"{self.source}/text: missing transcript for utterance {first!r} ({missing} of "
+                            f"{meta['num_items']} utterances have no or an empty transcript; the ASR loss needs one "
+                            f"for each: fix the data dir or subset it)")
+        self.crop = _crop_samples(crop_seconds)
+        if self.crop and self.require_text:
+            raise DataError(f"{self.source}: a crop of {crop_seconds} s with transcripts: the text would describe "
+                            f"audio the model does not see (use whole utterances: crop_seconds=None)")
+        self.use_feats = bool(use_feats)
+        lengths = np.asarray(self.manifest.num_samples)
+        min_samples = max(CODE_HOP, int(float(min_seconds) * SAMPLE_RATE))
+        keep = lengths >= min_samples
+        n_short = int((~keep).sum())
+        n_long = 0
+        if max_utt_seconds and not self.crop:
+            limit = int(float(max_utt_seconds) * SAMPLE_RATE)
+            too_long = lengths > limit
+            n_long = int((too_long & keep).sum())
+            keep &= ~too_long
+        if n_short:
+            log.warning("%s: dropping %d utterance(s) shorter than %.2f s", self.source, n_short,
+                        min_samples / SAMPLE_RATE)
+        if n_long:
+            log.warning("%s: dropping %d utterance(s) longer than max_utt_seconds=%.2f s (whole utterances are "
+                        "used, so they would not fit the model's window; cut them at segment times to keep them)",
+                        self.source, n_long, float(max_utt_seconds))
+        self.num_dropped = {"too_short": n_short, "too_long": n_long}
+        self.index = np.flatnonzero(keep).astype(np.int64)
         if max_utts:
-            kept = kept[: int(max_utts)]
-        if not kept:
-            raise DataError(f"{self.data_dir}: no usable utterances")
-        self.utts: List[str] = kept
-        self.num_samples = [num_samples[u] for u in kept]
-        self.seed = seed
-        self.random_crop = random_crop
-
-    def _read_lengths(self) -> Dict[str, int]:
-        path = self.data_dir / "utt2num_samples"
-        if path.exists():
-            raw = read_kaldi_map(path)
-            out = {}
-            for utt in self.wavs:
-                if utt not in raw:
-                    raise DataError(f"{path}: no entry for utterance {utt!r}")
-                try:
-                    out[utt] = int(raw[utt])
-                except ValueError:
-                    raise DataError(f"{path}: utterance {utt!r}: not an integer: {raw[utt]!r}") from None
-            return out
-        log.warning("%s: no utt2num_samples; reading every file for its length (slow)", self.data_dir)
-        import soundfile as sf
-
-        out = {}
-        for utt, entry in self.wavs.items():
-            try:
-                out[utt] = sf.info(entry.strip()).frames
-            except Exception:
-                out[utt] = len(self._load_wav(utt))
-        return out
+            self.index = self.index[: int(max_utts)]
+        if len(self.index) == 0:
+            raise DataError(f"{self.source}: no usable utterances (of {len(lengths)}: {n_short} too short, "
+                            f"{n_long} too long)")
+        self.seed = int(seed)
+        self.random_crop = bool(random_crop)
 
     def item_length(self, i: int) -> int:
         """Samples after crop/alignment: what the sampler budgets."""
-        n = (self.num_samples[i] // CODE_HOP) * CODE_HOP
+        n = (int(self.manifest.num_samples[self.index[i]]) // CODE_HOP) * CODE_HOP
         return min(n, self.crop) if self.crop else n
 
-    def lengths(self) -> List[int]:
-        return [self.item_length(i) for i in range(len(self.utts))]
+    def lengths(self) -> np.ndarray:
+        n = (np.asarray(self.manifest.num_samples)[self.index] // CODE_HOP) * CODE_HOP
+        return np.minimum(n, self.crop) if self.crop else n
 
-    def _load_wav(self, utt: str) -> np.ndarray:
-        from xytok.audio import load_audio
-
-        wav, _ = load_audio(self.wavs[utt], target_sr=SAMPLE_RATE, utt=utt)
-        return wav
+    def groups(self) -> np.ndarray:
+        """Tar shard of each item (-1 for plain files): the sampler keeps shards together."""
+        return np.asarray(self.manifest.groups)[self.index]
 
     def __len__(self) -> int:
-        return len(self.utts)
+        return len(self.index)
+
+    def raw_item(self, i: int) -> Dict[str, Any]:
+        return self.manifest[int(self.index[i])]
+
+    def _load(self, meta: Dict[str, Any]) -> np.ndarray:
+        from xytok.audio import load_audio
+
+        wav, _ = load_audio(meta["audio"], target_sr=SAMPLE_RATE, utt=meta["id"])
+        if "offset" in meta:  # a segment of a longer recording
+            off = int(meta["offset"])
+            wav = wav[off:off + int(meta["num_samples"])]
+        return wav
 
     def __getitem__(self, key) -> Dict[str, Any]:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
-        utt = self.utts[index]
-        wav = self._load_wav(utt)
+        meta = self.raw_item(index)
+        utt = meta["id"]
+        try:
+            wav = self._load(meta)
+        except ValueError as e:
+            raise DataError(f"{self.source}: utterance {utt!r}: {e}") from None
         usable = (len(wav) // CODE_HOP) * CODE_HOP
         if usable == 0:
-            raise DataError(f"{self.data_dir}: utterance {utt!r}: audio has {len(wav)} samples, "
+            raise DataError(f"{self.source}: utterance {utt!r}: audio has {len(wav)} samples, "
                             f"shorter than one code frame ({CODE_HOP})")
         length = min(usable, self.crop) if self.crop else usable
         start = 0
-        if self.random_crop and usable > length:
-            rng = np.random.default_rng([int(self.seed), int(epoch), int(index)])
+        if self.crop and self.random_crop and usable > length:
+            rng = np.random.default_rng([self.seed, int(epoch), int(self.index[index])])
             start = int(rng.integers(0, (usable - length) // CODE_HOP + 1)) * CODE_HOP
+        text = meta.get("text") if self.require_text else None
+        if text is not None and length != usable:
+            raise DataError(f"{self.source}: utterance {utt!r}: internal error: a transcript with cropped audio")
         item = {"utt_id": utt, "wav": torch.from_numpy(wav[start:start + length].copy()),
-                "text": self.texts.get(utt, "")}
-        if self.feats is not None:
+                "text": text, "start": start + int(meta.get("offset", 0)), "num_samples": length}
+        if self.use_feats and meta.get("feats"):
+            import kaldiio
+
             try:
-                feats = self.feats[utt]
-            except KeyError:
-                raise DataError(f"{self.data_dir}/feats.scp: no features for utterance {utt!r}") from None
+                feats = kaldiio.load_mat(meta["feats"])
+            except Exception as e:
+                raise DataError(f"{self.source}: utterance {utt!r}: cannot read features {meta['feats']}: {e}") from None
             f0, n_frames = start // MEL_HOP, length // MEL_HOP
             if feats.ndim != 2 or feats.shape[1] != 80 or feats.shape[0] < f0 + n_frames:
-                raise DataError(f"{self.data_dir}/feats.scp: utterance {utt!r}: features of shape "
+                raise DataError(f"{self.source}/feats.scp: utterance {utt!r}: features of shape "
                                 f"{feats.shape} do not cover {len(wav)} samples (expected (>= {f0 + n_frames}, 80))")
             item["mel"] = torch.from_numpy(np.ascontiguousarray(feats[f0:f0 + n_frames].T, dtype=np.float32))
         return item
@@ -175,7 +184,9 @@ def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     for i, it in enumerate(items):
         wav[i, : len(it["wav"])] = it["wav"]
     batch = {"utt_ids": [it["utt_id"] for it in items], "wav": wav, "wav_lengths": lengths,
-             "text": [it["text"] for it in items]}
+             "text": [it["text"] if it["text"] is not None else "" for it in items],
+             "has_text": all(it["text"] is not None for it in items),
+             "starts": [it["start"] for it in items]}
     if all("mel" in it for it in items):
         mel_lengths = torch.tensor([it["mel"].shape[1] for it in items], dtype=torch.long)
         mel = torch.zeros(len(items), 80, int(mel_lengths.max()))
@@ -188,34 +199,47 @@ def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
 _DATASETS: Dict[Tuple[str, bool], SpeechTextDataset] = {}
 
 
-def build_dataset(data_dir: str, config: Dict[str, Any], train: bool) -> SpeechTextDataset:
-    """Cached per (dir, train) so epochs don't re-parse the scp files."""
+def build_dataset(data_dir: str, config: Dict[str, Any], train: bool,
+                  build_manifest: bool = True) -> SpeechTextDataset:
+    """Cached per (dir, train) so epochs don't re-open the manifest."""
     key = (str(data_dir), train)
     if key not in _DATASETS:
+        check_data_config(config)
         d = config["data"]
         _DATASETS[key] = SpeechTextDataset(
             data_dir,
             crop_seconds=d.get("crop_seconds") if train else d.get("valid_crop_seconds"),
             min_seconds=float(d.get("min_seconds", 0.32)),
+            max_utt_seconds=d.get("max_utt_seconds", 30.0),
             seed=int(config.get("seed", 0)),
             random_crop=train,
             max_utts=None if train else d.get("valid_max_utts"),
-            require_text=bool(d.get("require_text", True)),
-            use_feats=bool(d.get("use_feats", True)),
+            require_text=uses_text(config),
+            use_feats=bool(d.get("use_feats", False)),
+            build_manifest=build_manifest,
         )
     return _DATASETS[key]
 
 
-def build_dataloader(task, data_dir: str, config: Dict[str, Any], *, train: bool, epoch: int,
-                     rank: int = 0, world_size: int = 1, skip_batches: int = 0):
-    dataset = (task.build_dataset(data_dir, config, train) if hasattr(task, "build_dataset")
-               else build_dataset(data_dir, config, train))
+def build_sampler(dataset: SpeechTextDataset, config: Dict[str, Any], *, train: bool, epoch: int,
+                  rank: int = 0, world_size: int = 1, skip_batches: int = 0) -> BucketBatchSampler:
     d = config["data"]
-    sampler = BucketBatchSampler(
+    return BucketBatchSampler(
         dataset.lengths(), int(d["max_frames"]), int(d["max_batch_size"]), shuffle=train,
         seed=int(config.get("seed", 0)), epoch=epoch, rank=rank, world_size=world_size,
         skip_batches=skip_batches, bucket_size=int(d.get("bucket_size", 100)),
+        groups=dataset.groups() if train else None,
     )
+
+
+def build_dataloader(task, data_dir: str, config: Dict[str, Any], *, train: bool, epoch: int,
+                     rank: int = 0, world_size: int = 1, skip_batches: int = 0, build_manifest: bool = True):
+    """Batches of this rank: the sampler runs in this process and hands whole batches to the
+    workers, so each (rank, worker) reads a disjoint part of the epoch."""
+    dataset = (task.build_dataset(data_dir, config, train) if hasattr(task, "build_dataset")
+               else build_dataset(data_dir, config, train, build_manifest=build_manifest))
+    sampler = build_sampler(dataset, config, train=train, epoch=epoch, rank=rank, world_size=world_size,
+                            skip_batches=skip_batches)
     # A private generator: DataLoader draws its worker base seed from it, not from the global RNG,
     # so creating a loader (e.g. after resume) never shifts the training RNG stream.
     gen = torch.Generator().manual_seed(int(config.get("seed", 0)) * 1000003 + epoch)
@@ -223,3 +247,29 @@ def build_dataloader(task, data_dir: str, config: Dict[str, Any], *, train: bool
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                        num_workers=workers, generator=gen,
                                        persistent_workers=False, pin_memory=False)
+
+
+def dump_batches(config: Dict[str, Any], out_path: str, num_batches: int, epoch: int = 0) -> int:
+    """Write the first `num_batches` training batches of `epoch` (single process) as JSON lines, one
+    per item: batch, utt_id, start and num_samples (the 16 kHz sample range of the source utterance
+    the model trains on) and text (what the ASR branch gets; null when it gets none). Returns the
+    number of items written. Reads the audio exactly as training does; builds no model."""
+    import json
+
+    check_data_config(config)
+    dataset = build_dataset(config["data"]["train"], config, train=True)
+    sampler = build_sampler(dataset, config, train=True, epoch=epoch)
+    n = 0
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "w", encoding="utf-8") as f:
+        for b, batch in enumerate(sampler):
+            if b >= num_batches:
+                break
+            for key in batch:
+                it = dataset[key]
+                f.write(json.dumps({"batch": b, "utt_id": it["utt_id"], "start": it["start"],
+                                    "num_samples": it["num_samples"], "text": it["text"]},
+                                   ensure_ascii=False) + "\n")
+                n += 1
+    log.info("wrote %d items of %d batches to %s", n, min(num_batches, len(sampler)), out_path)
+    return n
