@@ -315,15 +315,24 @@ def _audio_info(value: str) -> Tuple[int, int]:
         return len(data), rate
     import soundfile
 
+    m = _TAR_MEMBER.match(value)
+    if m and not os.path.isfile(value):
+        with open(m.group(1), "rb") as f:
+            f.seek(int(m.group(2)))
+            value = io.BytesIO(f.read(int(m.group(3))))
     info = soundfile.info(value)
     return info.frames, info.samplerate
+
+
+# `shard.tar:OFFSET:SIZE`: a member of an uncompressed tar (xytok.audio decodes these in place).
+_TAR_MEMBER = re.compile(r"^(.+\.tar):(\d+):(\d+)$")
 
 
 def _file_of(value: str) -> Optional[str]:
     """The file a wav.scp/feats.scp value refers to, or None for a pipe."""
     if value.endswith("|"):
         return None
-    m = re.match(r"^(.*\.ark):\d+(\[.*\])?$", value)
+    m = re.match(r"^(.*\.ark):\d+(\[.*\])?$", value) or _TAR_MEMBER.match(value)
     return m.group(1) if m else value
 
 
