@@ -59,6 +59,14 @@ def format_duration(seconds: float) -> str:
     return f"{h:d}:{m:02d}:{s:02d}"
 
 
+def _cuda_peak_memory() -> str:
+    """', peak mem X GiB' (this process's CUDA allocator peak) when CUDA is in use, else ''."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return ""
+    return f", peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+
+
 class Reporter:
     def __init__(self, exp_dir: Path, enabled: bool, use_tensorboard: bool = True):
         self.exp_dir = Path(exp_dir)
@@ -112,7 +120,7 @@ class Reporter:
         return (
             f"step {step}/{max_steps} ({100.0 * step / max(max_steps, 1):.1f}%) epoch {epoch} | {shown} | "
             f"{rate:.3f} steps/s, {1.0 / rate if rate > 0 else float('nan'):.3f} s/step, "
-            f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}"
+            f"elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}{_cuda_peak_memory()}"
         )
 
     def add_image(self, tag: str, figure, step: int, png_path: Optional[Path] = None) -> None:
