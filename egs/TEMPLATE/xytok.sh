@@ -50,6 +50,8 @@ local_data_opts=""     # options passed to local/data.sh
 fs=16000               # sample rate of the dumped audio (the model's rate)
 min_wav_duration=0.1   # seconds; shorter train/valid utterances are dropped
 max_wav_duration=30    # seconds; longer train/valid utterances are dropped (test sets are kept whole)
+audio_format=files     # stage 2 output: files (one wav per utterance) or shards (tar shards, large corpora)
+shard_size_mb=256      # size of one tar shard (--audio_format shards)
 nbpe=100               # sentencepiece vocabulary size (stage 4)
 bpemode=unigram        # sentencepiece model type: unigram, bpe, char, word
 
@@ -161,7 +163,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 if run_stage 2; then
-    log "Stage 2: dump audio as ${fs} Hz mono PCM to ${data_feats}, filter durations (${min_wav_duration}-${max_wav_duration} s)"
+    log "Stage 2: dump audio (${audio_format}) as ${fs} Hz mono to ${data_feats}, filter durations (${min_wav_duration}-${max_wav_duration} s)"
     for dset in $train_set $valid_set $test_sets; do
         src=data/$dset
         org=$data_feats/org/$dset
@@ -170,15 +172,27 @@ if run_stage 2; then
         else
             [ -f "$src/wav.scp" ] || die "$src/wav.scp not found: run stage 1 first"
             [ -f "$src/segments" ] && die "$src/segments: segmented data dirs are not supported; cut the audio in local/data.sh"
-            rm -rf "$org"; mkdir -p "$org/logs"
+            case $audio_format in files|shards) ;; *) die "--audio_format $audio_format: use files or shards" ;; esac
             _nj=$(min "$nj" "$(wc -l < "$src/wav.scp")")
+            # A killed dump resumes (finished wavs / shards are kept) unless the job split changed.
+            if [ "$(cat "$org/logs/split" 2>/dev/null)" != "$audio_format $_nj" ]; then
+                rm -rf "$org"
+            fi
+            mkdir -p "$org/logs"
+            echo "$audio_format $_nj" > "$org/logs/split"
             split_scp "$src/wav.scp" "$org/logs" wav "$_nj"
-            log "  $dset: $(wc -l < "$src/wav.scp") utterances, $_nj jobs (logs: $org/logs/dump_audio.*.log)"
+            log "  $dset: $(wc -l < "$src/wav.scp") utterances as $audio_format, $_nj jobs (logs: $org/logs/dump_audio.*.log)"
+            fmt_opts="--audio_format $audio_format"
+            if [ "$audio_format" = shards ]; then
+                fmt_opts+=" --shard_prefix shard-JOB --shard_size_mb $shard_size_mb"
+                # Sources with known 16 kHz lengths (e.g. MP3 in tar shards) are copied, not re-encoded.
+                [ -f "$src/utt2num_samples" ] && fmt_opts+=" --utt2num_samples $src/utt2num_samples"
+            fi
             # shellcheck disable=SC2086
             ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$org/logs/dump_audio.JOB.log" \
                 ${python} -m xytok.bin.dump_audio --wav_scp "$org/logs/wav.JOB.scp" \
                     --out_dir "$org/data" --out_scp "$org/logs/out_wav.JOB.scp" \
-                    --out_utt2num_samples "$org/logs/utt2num_samples.JOB" --fs "$fs"
+                    --out_utt2num_samples "$org/logs/utt2num_samples.JOB" --fs "$fs" ${fmt_opts}
             for i in $(seq "$_nj"); do cat "$org/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$org/wav.scp"
             for i in $(seq "$_nj"); do cat "$org/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$org/utt2num_samples"
             cp "$src/text" "$src/utt2spk" "$src/spk2utt" "$org/"

@@ -236,12 +236,12 @@ def _iter_table(path: Path) -> Iterator[Tuple[str, str, int]]:
             yield key, value, lineno
 
 
-class _Follower:
+class SortedLookup:
     """Looks up the values of a sorted table for increasing keys, reading it once."""
 
-    def __init__(self, path: Optional[Path]):
-        self.path = path
-        self.it = _iter_table(path) if path is not None else iter(())
+    def __init__(self, path):
+        self.path = Path(path) if path is not None else None
+        self.it = _iter_table(self.path) if self.path is not None else iter(())
         self.cur = next(self.it, None)
 
     def get(self, key: str) -> Optional[str]:
@@ -274,8 +274,8 @@ def iter_kaldi_items(data_dir: str | os.PathLike, fs: int = SAMPLE_RATE) -> Iter
     if not wav_scp.exists():
         raise DataError(f"{d}: no wav.scp (run recipe stage 2 first)")
     opt = lambda name: (d / name) if (d / name).exists() else None  # noqa: E731
-    text, n_samp, dur = _Follower(opt("text")), _Follower(opt("utt2num_samples")), _Follower(opt("utt2dur"))
-    spk, feats = _Follower(opt("utt2spk")), _Follower(opt("feats.scp"))
+    text, n_samp, dur = SortedLookup(opt("text")), SortedLookup(opt("utt2num_samples")), SortedLookup(opt("utt2dur"))
+    spk, feats = SortedLookup(opt("utt2spk")), SortedLookup(opt("feats.scp"))
     segments = opt("segments")
     if segments is not None:
         # Segments index recordings: wav.scp is per recording (usually far fewer lines than utterances).
