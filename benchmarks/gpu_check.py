@@ -17,6 +17,10 @@ $OUT, else /tmp/xytok_gpu_check/out): summary.json and each training part's trai
 CUDA (and ``--device cuda``) it prints "no GPU: skipping GPU checks" and exits 0.
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py --parts ddp,paper_bf16,tokenize
+
+``--device cpu`` runs the same code on the CPU as a smoke test (ddp with gloo; paper_bf16 only with a
+small ``--paper_config`` and ``--paper_lm tiny``). Beyond torch, transformers (+ tokenizers), numpy,
+scipy and pyyaml, the parts import soundfile (audio I/O) and, for the validation CER, jiwer.
 """
 from __future__ import annotations
 
@@ -332,15 +336,15 @@ def part_ddp(args, work: Path, out: Path) -> Dict[str, Any]:
 def part_paper_bf16(args, work: Path, out: Path) -> Dict[str, Any]:
     import yaml
 
-    if not args.device.startswith("cuda"):
-        raise RuntimeError("paper_bf16 needs a GPU (--device cuda)")
-    with open(PAPER_CONFIG) as f:
+    on_gpu = args.device.startswith("cuda")  # cpu: a smoke test of this part (with --paper_config/--paper_lm)
+    with open(args.paper_config) as f:
         conf = yaml.safe_load(f)
     t0 = time.time()
-    qwen = build_random_qwen2(work / "qwen2.5-0.5b-random")
+    qwen = build_random_qwen2(work / "random_lm", sizes=QWEN25_05B if args.paper_lm == "qwen2.5-0.5b" else QWEN_TINY)
     log(f"paper_bf16: random Qwen2 ({qwen['params'] / 1e6:.1f} M params) saved in {time.time() - t0:.1f} s")
     t0 = time.time()
-    data = make_synthetic_datadir(work / "data", num_utts=args.paper_utts, min_seconds=10.0, max_seconds=20.0,
+    data = make_synthetic_datadir(work / "data", num_utts=args.paper_utts, min_seconds=args.paper_min_seconds,
+                                  max_seconds=args.paper_max_seconds,
                                   seed=args.seed + 1)
     log(f"paper_bf16: {data['num_utts']} utterances, {data['total_seconds'] / 3600:.2f} h of audio written "
         f"in {time.time() - t0:.1f} s")
@@ -348,7 +352,7 @@ def part_paper_bf16(args, work: Path, out: Path) -> Dict[str, Any]:
     per_batch = audio_seconds_per_batch(list(data["num_samples"].values()), int(d["max_frames"]),
                                         int(d["max_batch_size"]), seed=int(conf.get("seed", 0)))
     exp = work / "exp"
-    cmd = [sys.executable, "-m", "xytok.bin.train", "--ngpu", "1", "--config", str(PAPER_CONFIG),
+    cmd = [sys.executable, "-m", "xytok.bin.train", "--ngpu", "1" if on_gpu else "0", "--config", str(args.paper_config),
            "--train_data", data["dir"], "--output_dir", str(exp), "--amp", "bf16",
            "--max_steps", str(args.paper_steps), "--log_interval", str(args.paper_log_interval),
            "--valid_interval", "1000000", "--save_interval", "1000000", "--keep_last", "1",
@@ -581,12 +585,19 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--ddp_utts", type=int, default=48)
     g.add_argument("--ddp_limit", type=float, default=120, help="seconds [default: %(default)s]")
     g = p.add_argument_group("paper_bf16")
-    g.add_argument("--paper_steps", type=int, default=30)
+    g.add_argument("--paper_steps", type=int, default=40)
     g.add_argument("--paper_warmup", type=int, default=10, help="steps excluded from steps/s")
     g.add_argument("--paper_log_interval", type=int, default=5)
-    g.add_argument("--paper_utts", type=int, default=256, help="synthetic 10-20 s utterances (epochs repeat)")
+    g.add_argument("--paper_utts", type=int, default=384,
+                   help="synthetic utterances (~13 batches per epoch at the paper batch; epochs repeat)")
     g.add_argument("--paper_workers", type=int, default=8, help="data loader workers")
     g.add_argument("--paper_limit", type=float, default=240, help="seconds [default: %(default)s]")
+    g.add_argument("--paper_config", default=str(PAPER_CONFIG), help="stage-1 config with asr.lm.type hf "
+                                                                      "[default: the paper's]")
+    g.add_argument("--paper_lm", choices=("qwen2.5-0.5b", "tiny"), default="qwen2.5-0.5b",
+                   help="sizes of the random-weight Qwen2 LM (tiny: CPU smoke tests) [default: %(default)s]")
+    g.add_argument("--paper_min_seconds", type=float, default=10.0)
+    g.add_argument("--paper_max_seconds", type=float, default=20.0)
     g = p.add_argument_group("tokenize")
     g.add_argument("--tok_config", default=str(PAPER_CONFIG), help="YAML with generator_params [default: paper]")
     g.add_argument("--tok_clips", type=int, default=64)

@@ -156,13 +156,14 @@ def test_summary_and_part_failures(tmp_path):
 
 
 def test_tokenize_part_on_cpu_and_exit_status(tmp_path):
-    """The whole driver on CPU: tokenize on the debug codec passes; paper_bf16 (GPU only) fails,
-    which is reported in the summary and makes the exit status 1."""
+    """The whole driver on CPU: tokenize on the debug codec passes; paper_bf16 with a missing config
+    fails, which is reported in the summary and makes the exit status 1."""
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, str(PY), "--parts", "tokenize,paper_bf16", "--device", "cpu",
                         "--out", str(out), "--work", str(tmp_path / "work"),
                         "--tok_config", str(REPO / "egs/mini/conf/train_stage1_debug.yaml"),
-                        "--tok_clips", "3", "--tok_seconds", "2", "--tok_batch", "3", "--tok_reps", "1"],
+                        "--tok_clips", "3", "--tok_seconds", "2", "--tok_batch", "3", "--tok_reps", "1",
+                        "--paper_config", str(tmp_path / "missing.yaml")],
                        capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -172,7 +173,7 @@ def test_tokenize_part_on_cpu_and_exit_status(tmp_path):
     assert tok["frames"] == 3 * 25 and tok["fp32_audio_s_per_s"] > 0 and tok["bf16_audio_s_per_s"] > 0
     assert max(tok["codes_used_per_layer_fp32"]) > 1  # codebooks k-means-initialised, not all zero
     assert summary["parts"]["paper_bf16"]["status"] == "FAIL"
-    assert "needs a GPU" in summary["parts"]["paper_bf16"]["error"]
+    assert "missing.yaml" in summary["parts"]["paper_bf16"]["error"]
     assert "xytok GPU check summary" in r.stdout and "FAILED: paper_bf16" in r.stdout
 
 
