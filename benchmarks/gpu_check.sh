@@ -59,9 +59,23 @@ EOF
 if [ -n "$missing" ]; then
   if [ -n "$wheels" ] && compgen -G "$wheels/*.whl" > /dev/null; then
     site=/tmp/xytok_site
-    echo "gpu_check.sh: $python lacks: $missing; installing the wheels of $wheels into $site"
-    "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$wheels"/*.whl \
-      || echo "gpu_check.sh: WARNING: pip install from $wheels failed"
+    # Only the wheels of distributions this interpreter lacks: a wheel of something it has (numpy,
+    # typing_extensions, ...) would shadow the image's own build.
+    mapfile -t todo < <("$python" - "$wheels"/*.whl <<'EOF'
+import importlib.metadata as md, os, sys
+for whl in sys.argv[1:]:
+    name = os.path.basename(whl).split("-")[0]
+    try:
+        md.version(name)
+    except md.PackageNotFoundError:
+        print(whl)
+EOF
+)
+    echo "gpu_check.sh: $python lacks: $missing; installing into $site: ${todo[*]##*/}"
+    if [ ${#todo[@]} -gt 0 ]; then
+      "$python" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${todo[@]}" \
+        || echo "gpu_check.sh: WARNING: pip install from $wheels failed"
+    fi
     export PYTHONPATH="$root:$site${PYTHONPATH#$root}"
   else
     echo "gpu_check.sh: $python lacks: $missing (no --wheels DIR given; parts that need them will fail)"
