@@ -115,7 +115,7 @@ def _utt_id(meta: dict) -> str:
 
 
 STAGE_ARGS = ("--stage1_config conf/train_stage1_debug.yaml --stage2_config conf/train_stage2_debug.yaml "
-              "--nj 2 --ngpu 0 --nbpe 40 --min_wav_duration 0.1 "
+              "--nj 2 --ngpu 0 --bpemode char --nbpe 100 --min_wav_duration 0.1 "
               "--stage1_args '--max_steps 2 --log_interval 1 --valid_interval 2 --save_interval 2 "
               "--valid_at_start false --num_examples 1' "
               "--stage2_args '--max_steps 2 --log_interval 1 --valid_interval 2 --save_interval 2 "
@@ -203,7 +203,7 @@ def _check_training(rdir: Path, r) -> None:
     assert "Successfully finished. [elapsed=" in out
     for s in ("train", "dev", "test"):
         assert (rdir / "dump/raw" / s / "feats.scp").is_file()
-    assert (rdir / "data/token_list/unigram40/bpe.model").is_file()
+    assert (rdir / "data/token_list/char100/bpe.model").is_file()
     for e in ("stage1_train_stage1_debug", "stage2_train_stage2_debug"):
         assert (rdir / "exp" / e / "export/model.ckpt").is_file(), e
         assert (rdir / "exp" / e / "export/config.yaml").is_file(), e
