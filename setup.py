@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     # Hugging Face: Whisper initialisation, Qwen2.5 LLM for ASR supervision, whisper/hubert/wavlm scorers.
-    "hf": ["transformers>=4.40"],
+    "hf": ["transformers>=4.40", "huggingface_hub>=0.23"],  # hub: also egs/emilia shard downloads
     # Evaluation metrics and the offline ASR/SIM backends.
     "eval": [
         "jiwer>=3.0",
