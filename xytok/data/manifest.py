@@ -201,6 +201,9 @@ def write_manifest(items: Iterable[Dict[str, Any]], out_dir: str | os.PathLike,
                           "hours": round(total / SAMPLE_RATE / 3600, 4)})
         with open(tmp / "meta.json", "w") as f:
             json.dump(full_meta, f, indent=1, ensure_ascii=False)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared corpus cache is not
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
