@@ -153,6 +153,9 @@ class Stage1Task(Task):
     # -- steps --------------------------------------------------------------------------------
     def _losses(self, model, batch, ctx, run_asr=True):
         mel, mel_lengths = _input_mel(batch)
+        # Items carry text only when the ASR loss is on (then they are whole utterances, see
+        # xytok.data.dataset); reconstruction-only stage 1 (loss_weights.asr: 0) never runs the branch.
+        run_asr = run_asr and bool(batch.get("has_text", True)) and float(self.config["loss_weights"].get("asr", 0)) > 0
         with ctx.autocast():
             out = model(mel, mel_lengths, batch["text"], run_asr=run_asr)
         w = self.config["loss_weights"]
@@ -189,7 +192,7 @@ class Stage1Task(Task):
         model = ctx.raw_models["stage1"]
         _, values, out = self._losses(model, batch, ctx)
         result = {k: float(v) for k, v in values.items()}
-        if self.config.get("valid_cer"):
+        if self.config.get("valid_cer") and batch.get("has_text", True):
             hyps = model.asr.greedy_decode(out["post"], out["code_lengths"])
             result["cer"] = _cer(batch["text"], hyps)
             self._last_hyps = hyps
