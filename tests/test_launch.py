@@ -225,3 +225,19 @@ def test_offline_hub_name_fails_fast_naming_the_cause(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
     with pytest.raises(WhisperInitError, match="HF_HUB_OFFLINE is set"):
         load_hf_whisper_encoder("xytok-test/no-such-whisper")
+
+
+def test_recipe_multi_node_flags_are_checked_early(tmp_path):
+    from recipe_helpers import make_recipe, run
+
+    rdir = make_recipe(tmp_path, "librispeech")
+    env = {"MASTER_ADDR": ""}
+    r = run("./run.sh --stage 5 --stop_stage 5 --num_nodes 2", rdir, env)
+    assert r.returncode != 0 and "--rdzv_endpoint HOST:PORT" in r.stdout + r.stderr
+    r = run("./run.sh --stage 5 --stop_stage 5 --num_nodes 2 --node_rank 1", rdir,
+            {**env, "XYTOK_CMD_BACKEND": "slurm"})
+    assert r.returncode != 0 and "--node_rank is for nodes started by hand" in r.stdout + r.stderr
+    r = run("./run.sh --stage 5 --stop_stage 5 --master_port http", rdir, env)
+    assert r.returncode != 0 and "--master_port must be a non-negative integer" in r.stdout + r.stderr
+    r = run("./run.sh --help", rdir)
+    assert all(f in r.stdout for f in ("--node_rank", "--rdzv_endpoint", "--master_port"))

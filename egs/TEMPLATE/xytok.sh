@@ -38,6 +38,9 @@ skip_train=false       # skip stages 5-6
 skip_eval=false        # skip stages 7-10
 ngpu=0                 # GPUs per node for training (0 = CPU)
 num_nodes=1            # nodes for training (>1: torchrun rendezvous, one launcher per node)
+node_rank=             # this node's rank 0..num_nodes-1 when you start each node yourself (local runner)
+rdzv_endpoint=         # HOST[:PORT] where the nodes meet; HOST = node 0 (default: $MASTER_ADDR:$MASTER_PORT)
+master_port=           # rendezvous port if rdzv_endpoint has none (default: $MASTER_PORT, else 29500)
 nj=4                   # parallel jobs for CPU data stages (capped at the number of utterances)
 inference_nj=4         # parallel jobs for tokenize/detokenize
 gpu_inference=false    # stages 7-8 on one GPU per job (cuda_cmd --gpu 1) instead of decode_cmd
@@ -98,6 +101,17 @@ for v in nj inference_nj ngpu num_nodes fs nbpe; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
 done
 [ "$nj" -ge 1 ] && [ "$inference_nj" -ge 1 ] || die "--nj and --inference_nj must be >= 1"
+for v in node_rank master_port; do
+    [ -z "${!v}" ] || [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
+done
+if [ "$num_nodes" -gt 1 ]; then
+    if [[ $cuda_cmd == *slurm.pl* ]]; then
+        [ -z "$node_rank" ] || die "--node_rank is for nodes started by hand; under Slurm the nodes get their rank at the rendezvous"
+    elif [ -z "$rdzv_endpoint" ] && [ -z "${MASTER_ADDR:-}" ]; then
+        die "--num_nodes $num_nodes with a local runner: start this command on every node with" \
+            "--node_rank 0..$((num_nodes - 1)) --rdzv_endpoint HOST:PORT (HOST = node 0), or export MASTER_ADDR"
+    fi
+fi
 
 if "$skip_data_prep"; then skip_stages="1 2 3 4"; else skip_stages=""; fi
 "$skip_train" && skip_stages+=" 5 6"
@@ -269,19 +283,15 @@ if run_stage 4; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# launcher for training: --ngpu N on one node is handled by xytok.bin.train (it re-launches itself
-# under torchrun); several nodes need one torchrun per node meeting at a rendezvous point.
-train_launcher() {
-    if [ "$num_nodes" -gt 1 ]; then
-        local nproc=$ngpu; [ "$nproc" -ge 1 ] || nproc=1
-        # The endpoint is expanded on the nodes, not here: slurm.pl exports MASTER_ADDR (the job's
-        # first node) and MASTER_PORT there (single quotes keep it literal through run.pl/slurm.pl).
-        # shellcheck disable=SC2016
-        echo "${python} -m torch.distributed.run --nnodes $num_nodes --nproc_per_node $nproc" \
-             "--rdzv_backend c10d --rdzv_id $1" '--rdzv_endpoint ${MASTER_ADDR:-localhost}:${MASTER_PORT:-29500}'
-    else
-        echo "${python}"
-    fi
+# launch flags for training: xytok.bin.train re-launches itself under torchrun for --ngpu N > 1 and
+# for several nodes (one torchrun per node; under Slurm the endpoint comes from the MASTER_ADDR and
+# MASTER_PORT that slurm.pl exports on the nodes). See xytok/train/launch.py.
+train_launch_opts() {
+    echo "--ngpu $ngpu"
+    [ "$num_nodes" -le 1 ] || echo "--num_nodes $num_nodes"
+    [ -z "$node_rank" ] || echo "--node_rank $node_rank"
+    [ -z "$rdzv_endpoint" ] || echo "--rdzv_endpoint $rdzv_endpoint"
+    [ -z "$master_port" ] || echo "--master_port $master_port"
 }
 
 # trained EXP: true when EXP finished training (.done and its export).
@@ -306,9 +316,9 @@ train_stage() {
     log "  training log: $exp/train.log"
     # shellcheck disable=SC2086
     ${cuda_cmd} --gpu "$ngpu" ${nodes_opt} "$exp/train.log" \
-        $(train_launcher "$(basename "$exp")") -m xytok.bin.train --config "$config" --output_dir "$exp" \
+        ${python} -m xytok.bin.train --config "$config" --output_dir "$exp" \
             --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
-            --spm_model "$spm_model" --ngpu "$ngpu" "$@" ${args}
+            --spm_model "$spm_model" $(train_launch_opts) "$@" ${args}
     [ -f "$exp/export/model.ckpt" ] && [ -f "$exp/export/config.yaml" ] \
         || die "$exp: training ended without export/model.ckpt + export/config.yaml (see $exp/train.log)"
     touch "$exp/.done"
