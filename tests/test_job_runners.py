@@ -205,3 +205,20 @@ def test_slurm_pl_multi_node_runs_once_per_node(fake_slurm):
     assert "--gres=gpu:4" in args
     log = (work / "log/train.log").read_text().splitlines()
     assert "rank 0 master node-a" in log and "rank 1 master node-a" in log
+
+
+def test_slurm_pl_master_port_is_configurable(fake_slurm):
+    work, env = fake_slurm
+    cmd = ["--num_nodes", "2", "log/train.log", 'echo "port $MASTER_PORT"']
+    assert call("slurm.pl", *cmd, cwd=work, env=env).returncode == 0
+    assert "port 29500" in (work / "log/train.log").read_text()
+    assert call("slurm.pl", *cmd, cwd=work, env=dict(env, MASTER_PORT="29611")).returncode == 0
+    assert "port 29611" in (work / "log/train.log").read_text()
+    assert call("slurm.pl", "--master_port", "29612", *cmd, cwd=work, env=env).returncode == 0
+    assert "port 29612" in (work / "log/train.log").read_text()
+    (work / "conf").mkdir()
+    (work / "conf/slurm.conf").write_text((UTILS / "slurm.conf").read_text() + "default master_port=29613\n")
+    assert call("slurm.pl", *cmd, cwd=work, env=env).returncode == 0
+    assert "port 29613" in (work / "log/train.log").read_text()
+    r = call("slurm.pl", "--master_port", "http", *cmd, cwd=work, env=env)
+    assert r.returncode == 1 and "--master_port (or $MASTER_PORT) must be a port" in r.stderr

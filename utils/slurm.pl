@@ -11,7 +11,9 @@ utils/slurm.conf); the default is conf/slurm.conf if it exists, else utils/slurm
 polling the status files (and `squeue` to notice tasks that died without writing one), then
 exits 1 if any task failed, naming the failed tasks and their logs.
 With --num_nodes N > 1 (mapped to sbatch --nodes by the config) the command runs once per node
-through srun, with MASTER_ADDR (first node of the job) and MASTER_PORT exported.
+through srun, with MASTER_ADDR (first node of the job) and MASTER_PORT exported. The port is
+--master_port P (or 'default master_port=P' in the config), else $MASTER_PORT where slurm.pl is
+called, else 29500; two jobs sharing a node need different ports.
 Environment: XYTOK_SLURM_POLL (seconds between polls, default 10),
 XYTOK_SLURM_GRACE (seconds to wait for status files after the job left the queue, default 60).
 """
@@ -66,7 +68,7 @@ class SlurmConfig:
         merged.update(options)
         flags = []
         for name, value in merged.items():
-            if name in ("max_jobs_run", "config"):
+            if name in ("max_jobs_run", "config", "master_port"):  # handled by slurm.pl itself
                 continue
             if (name, value) in self.exact:
                 text = self.exact[(name, value)]
@@ -143,8 +145,13 @@ def _launcher(spec):
     nodes = jobrunner.int_option(spec, "num_nodes", PROG, 1)
     if nodes <= 1:
         return "bash -c "
+    value = spec.options.get("master_port") or os.environ.get("MASTER_PORT") or "29500"
+    if not value.isdigit() or not 1 <= int(value) <= 65535:
+        raise jobrunner.UsageError(f"{PROG}: --master_port (or $MASTER_PORT) must be a port 1..65535, "
+                                   f"got '{value}'")
+    port = int(value)
     return ('export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
-            '| head -n 1)}\nexport MASTER_PORT=${MASTER_PORT:-29500}\n'
+            f'| head -n 1)}}\nexport MASTER_PORT={port}\n'
             f"srun --nodes={nodes} --ntasks={nodes} --ntasks-per-node=1 bash -c ")
 
 
@@ -174,6 +181,8 @@ def read_status(status, task):
 def run(spec):
     config = SlurmConfig(pick_config(spec.options))
     flags = config.flags_for(spec.options)
+    if "master_port" in config.defaults:
+        spec.options.setdefault("master_port", config.defaults["master_port"])
     logdir = os.path.dirname(spec.logfile) or "."
     qdir = os.path.join(logdir, "q")
     os.makedirs(qdir, exist_ok=True)
