@@ -5,7 +5,7 @@ import sys
 
 # utils/ is next to the xytok package; this works with any python3 (the core is stdlib only).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
-from xytok.data.datadir import main  # noqa: E402
+from xytok.bin.datadir import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["spk2utt-to-utt2spk"] + sys.argv[1:]))

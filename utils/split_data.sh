@@ -14,4 +14,4 @@ for a in "$@"; do
         *) args+=("$a") ;;
     esac
 done
-exec "${XYTOK_PYTHON:-python3}" -m xytok.data.datadir split ${args[@]+"${args[@]}"}
+exec "${XYTOK_PYTHON:-python3}" -m xytok.bin.datadir split ${args[@]+"${args[@]}"}

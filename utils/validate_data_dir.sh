@@ -4,7 +4,7 @@
 # the same utterances, no empty transcripts, referenced files exist; with --check-audio every audio
 # (and feature) entry is read: non-empty, sample rate == --fs, length == utt2num_samples.
 # Exits 1 listing every problem with the file and the utterance ids.
-# Thin wrapper over xytok/data/datadir.py (stdlib only; --check-audio needs soundfile).
+# Thin wrapper over xytok/bin/datadir.py (stdlib only; --check-audio needs soundfile).
 root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-exec "${XYTOK_PYTHON:-python3}" -m xytok.data.datadir validate "$@"
+exec "${XYTOK_PYTHON:-python3}" -m xytok.bin.datadir validate "$@"

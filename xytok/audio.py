@@ -24,6 +24,8 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import soundfile as sf
 
+from xytok.data.table import TableError, read_table
+
 logger = logging.getLogger(__name__)
 
 # Extensions treated as audio when a directory is given (libsndfile formats).
@@ -207,32 +209,15 @@ def load_audio(path_or_scp_entry: str, target_sr: Optional[int] = 16000, utt: Op
 def read_wav_scp(path: str) -> "OrderedDict[str, str]":
     """Parse a Kaldi ``wav.scp``: ``uttid path`` or ``uttid cmd |`` per line (order kept).
 
-    Blank lines are ignored; a line without a value or a repeated id is an error naming
-    the file and line number.
+    The one table parser (xytok.data.table, lenient: blank lines and any order allowed); a line
+    without a value, a repeated id or a file that is not UTF-8 text is an AudioError naming the
+    file and line number.
     """
-    entries: "OrderedDict[str, str]" = OrderedDict()
-    first_line = {}
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise AudioError(f"{path}: cannot read wav.scp: {e}") from None
-    except UnicodeDecodeError as e:
-        raise AudioError(f"{path}: not a text wav.scp (not UTF-8): {e}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        parts = line.strip().split(maxsplit=1)
-        if len(parts) != 2:
-            raise AudioError(f"{path}:{lineno}: malformed wav.scp line (expected 'uttid path' "
-                             f"or 'uttid command |'): {line!r}")
-        utt, value = parts
-        if utt in entries:
-            raise AudioError(f"{path}:{lineno}: duplicate utterance id {utt!r} "
-                             f"(first seen on line {first_line[utt]})")
-        entries[utt] = value
-        first_line[utt] = lineno
-    return entries
+        return OrderedDict(read_table(path, require_value=True, key_name="utterance id",
+                                      expect="'uttid path' or 'uttid command |'"))
+    except TableError as e:
+        raise AudioError(str(e)) from None
 
 
 def is_audio_file(path: str) -> bool:

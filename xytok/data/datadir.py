@@ -5,15 +5,12 @@ A data dir holds tables `<id> <value>` sorted in byte order (what `LC_ALL=C sort
                  is no segments file; per recording (with segments): wav.scp, reco2*;
   per speaker:   spk2utt (always derived from utt2spk), spk2*; other files (feats_type, ...) are
                  copied as they are.
-The core is stdlib only, so the utils/ wrappers work with any python3; soundfile (and kaldiio for
-ark entries) are imported only when audio has to be read. Command line:
-
-    python -m xytok.data.datadir {validate,fix,split,split-scp,filter-duration,subset,copy,
-                                  combine,utt2spk-to-spk2utt,spk2utt-to-utt2spk,filter-scp} ...
+Tables are read and written by xytok.data.table (the one parser). This module is stdlib only, so
+the utils/ wrappers work with any python3; soundfile (and kaldiio for ark entries) are imported
+only when audio has to be read. Its command line (the utils/ data-dir tools) is xytok.bin.datadir.
 """
 from __future__ import annotations
 
-import argparse
 import io
 import math
 import os
@@ -23,19 +20,14 @@ import subprocess
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from xytok.data.table import TableError, byte_key, sorted_ids, write_table  # noqa: F401 (re-exported)
+from xytok.data.table import read_table as _read_table
+
 MAX_LISTED = 5  # how many offending ids a message names
 
 
 class DataDirError(Exception):
     """A data dir (or table) that cannot be used; the message names the file and the problem."""
-
-
-def byte_key(s: str) -> bytes:
-    return s.encode("utf-8")
-
-
-def sorted_ids(ids: Iterable[str]) -> List[str]:
-    return sorted(ids, key=byte_key)
 
 
 def _examples(ids: Sequence[str]) -> str:
@@ -49,61 +41,23 @@ def _examples(ids: Sequence[str]) -> str:
 
 
 def read_table(path: str, problems: Optional[List[str]] = None) -> Dict[str, str]:
-    """Read `<id> <value>` lines into an insertion-ordered dict.
+    """Read a data-dir table (strict: sorted, no blank lines, ...; xytok.data.table) into an
+    insertion-ordered dict.
 
     With `problems` (a list), format problems are appended to it and the table is still returned
-    (first occurrence of a duplicate kept, bad lines skipped); without it they raise DataDirError.
+    (first occurrence of a duplicate kept, bad lines skipped); without it they raise DataDirError
+    listing all of them.
     """
-    name = path
     found: List[str] = []
-    table: Dict[str, str] = {}
-    prev = None
-    unsorted_reported = False
     try:
-        with open(path, "rb") as f:
-            raw_lines = f.read().split(b"\n")
-    except OSError as e:
-        raise DataDirError(f"{name}: cannot read: {e}")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()
-    for lineno, raw in enumerate(raw_lines, 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            found.append(f"{name}:{lineno}: not valid UTF-8")
-            continue
-        if line.endswith("\r"):
-            found.append(f"{name}:{lineno}: line ends with a carriage return (DOS line endings)")
-            line = line.rstrip("\r")
-        m = re.match(r"^(\S+)(?:[ \t]+(.*?))?[ \t]*$", line)
-        if not m:
-            what = "empty line" if not line.strip() else "line starts with whitespace"
-            found.append(f"{name}:{lineno}: {what}")
-            continue
-        key, value = m.group(1), m.group(2) or ""
-        if key in table:
-            found.append(f"{name}:{lineno}: duplicate id '{key}'")
-            continue
-        if prev is not None and byte_key(key) < byte_key(prev) and not unsorted_reported:
-            found.append(f"{name}:{lineno}: not sorted (LC_ALL=C): '{key}' comes after '{prev}'")
-            unsorted_reported = True
-        prev = key
-        table[key] = value
+        table = _read_table(path, found, strict=True)
+    except TableError as e:  # unreadable file
+        raise DataDirError(str(e)) from None
     if problems is None and found:
         raise DataDirError("; ".join(found))
     if problems is not None:
         problems.extend(found)
     return table
-
-
-def write_table(path: str, table: Dict[str, str]) -> None:
-    """Write sorted by id in byte order; an empty value writes the id alone."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for key in sorted_ids(table):
-            value = table[key]
-            f.write(f"{key} {value}\n" if value != "" else f"{key}\n")
-    os.replace(tmp, path)
 
 
 def utt2spk_to_spk2utt(utt2spk: Dict[str, str]) -> Dict[str, str]:
@@ -679,148 +633,5 @@ def filter_lines(lines: Iterable[str], ids: set, exclude: bool = False, field: i
             yield line
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
-def _stdin_or(path):
-    return sys.stdin if path in (None, "-") else open(path, encoding="utf-8")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xytok.data.datadir", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    v = sub.add_parser("validate", help="check a data dir; exit 1 listing the problems")
-    v.add_argument("--no-feats", "--no_feats", action="store_true")
-    v.add_argument("--no-text", "--no_text", action="store_true")
-    v.add_argument("--check-audio", "--check_audio", action="store_true",
-                   help="read every audio/feature entry (needs soundfile/kaldiio)")
-    v.add_argument("--fs", type=int, default=None, help="expected sample rate (with --check-audio)")
-    v.add_argument("data")
-    f = sub.add_parser("fix", help="sort, keep the common utterances, rebuild spk2utt")
-    f.add_argument("--no-backup", action="store_true")
-    f.add_argument("data")
-    s = sub.add_parser("split", help="write <data>/split<N>/<n>/")
-    s.add_argument("--per-spk", "--per_spk", action="store_true",
-                   help="keep each speaker in one part (Kaldi's default; ours splits by utterance)")
-    s.add_argument("data")
-    s.add_argument("n", type=int)
-    ss = sub.add_parser("split-scp", help="split a table into N contiguous parts")
-    ss.add_argument("--utt2spk", help="keep the lines of a speaker together")
-    ss.add_argument("input")
-    ss.add_argument("outputs", nargs="+")
-    fd = sub.add_parser("filter-duration", help="keep utterances with min <= duration <= max")
-    fd.add_argument("--min", type=float, default=0.0)
-    fd.add_argument("--max", type=float, default=math.inf)
-    fd.add_argument("--fs", type=int, default=16000, help="sample rate of utt2num_samples")
-    fd.add_argument("src")
-    fd.add_argument("dst")
-    su = sub.add_parser("subset", usage="subset [--first | --last] <src> <N> <dst> | "
-                        "subset --utt-list FILE <src> <dst>",
-                        help="copy the utterances listed in a file, or N of them (evenly spaced, "
-                             "or the first/last N)")
-    su.add_argument("--utt-list", "--utt_list")
-    su.add_argument("--first", action="store_true")
-    su.add_argument("--last", action="store_true")
-    su.add_argument("args", nargs="+", metavar="src [N] dst")
-    c = sub.add_parser("copy", help="copy a data dir, optionally prefixing ids")
-    for opt in ("utt-prefix", "utt-suffix", "spk-prefix", "spk-suffix"):
-        c.add_argument(f"--{opt}", f"--{opt.replace('-', '_')}", default="")
-    c.add_argument("src")
-    c.add_argument("dst")
-    cb = sub.add_parser("combine", help="union of data dirs")
-    cb.add_argument("dst")
-    cb.add_argument("srcs", nargs="+")
-    for name in ("utt2spk-to-spk2utt", "spk2utt-to-utt2spk"):
-        x = sub.add_parser(name)
-        x.add_argument("input", nargs="?")
-    fs_ = sub.add_parser("filter-scp", help="lines whose id is (--exclude: is not) in idlist")
-    fs_.add_argument("--exclude", action="store_true")
-    fs_.add_argument("-f", "--field", type=int, default=1, help="field of the input holding the id")
-    fs_.add_argument("idlist")
-    fs_.add_argument("input", nargs="?")
-    a = p.parse_args(argv)
-
-    err = lambda *m: print(*m, file=sys.stderr)  # noqa: E731
-    try:
-        if a.cmd == "validate":
-            problems = validate(a.data, a.no_feats, a.no_text, a.check_audio, a.fs)
-            if problems:
-                err(f"validate_data_dir: {a.data}: {len(problems)} problem(s):")
-                for prob in problems:
-                    err(f"  - {prob}")
-                return 1
-            n = len(read_table(os.path.join(a.data, "utt2spk")))
-            print(f"validate_data_dir: {a.data}: OK ({n} utterances)")
-        elif a.cmd == "fix":
-            fix(a.data, backup=not a.no_backup, log=err)
-        elif a.cmd == "split":
-            split_data(a.data, a.n, a.per_spk)
-        elif a.cmd == "split-scp":
-            # Lines are copied verbatim and need not be sorted (as Kaldi's split_scp.pl).
-            with open(a.input, encoding="utf-8") as fi:
-                raw = [line for line in fi if line.strip()]
-            keys = [line.split()[0] for line in raw]
-            if a.utt2spk:
-                utt2spk = read_table(a.utt2spk)
-                missing = [k for k in keys if k not in utt2spk]
-                if missing:
-                    raise DataDirError(f"{a.utt2spk}: no speaker for {_examples(missing)} of {a.input}")
-                parts = split_by_group(keys, utt2spk, len(a.outputs))
-            else:
-                parts = split_even(keys, len(a.outputs))
-            start = 0  # parts are contiguous: copy the same number of raw lines to each output
-            for out, part in zip(a.outputs, parts):
-                with open(out, "w", encoding="utf-8") as fo:
-                    for line in raw[start:start + len(part)]:
-                        fo.write(line if line.endswith("\n") else line + "\n")
-                start += len(part)
-        elif a.cmd == "filter-duration":
-            filter_by_duration(a.src, a.dst, a.min, a.max, a.fs, log=err)
-        elif a.cmd == "subset":
-            if a.utt_list and len(a.args) == 2:
-                src, dst = a.args
-                with open(a.utt_list, encoding="utf-8") as fl:
-                    keep = [line.split()[0] for line in fl if line.strip()]
-                d = DataDir.load(src)
-            elif not a.utt_list and len(a.args) == 3 and a.args[1].isdigit():
-                src, n, dst = a.args[0], int(a.args[1]), a.args[2]
-                d = DataDir.load(src)
-                keep = subset_ids(d.utt_ids(), n, "first" if a.first else "last" if a.last else "even")
-            else:
-                raise DataDirError("usage: subset --utt-list FILE <src> <dst>  or  "
-                                   "subset [--first|--last] <src> <N> <dst>")
-            unknown = [u for u in keep if u not in d.utt2spk]
-            if unknown:
-                raise DataDirError(f"{src}: {len(unknown)} listed utterance(s) not in the data dir: "
-                                   f"{_examples(unknown)}")
-            d.subset(keep).write(dst)
-        elif a.cmd == "copy":
-            copy_data_dir(a.src, a.dst, a.utt_prefix, a.utt_suffix, a.spk_prefix, a.spk_suffix)
-        elif a.cmd == "combine":
-            combine(a.dst, a.srcs, log=err)
-        elif a.cmd in ("utt2spk-to-spk2utt", "spk2utt-to-utt2spk"):
-            table = {}
-            with _stdin_or(a.input) as fi:
-                for line in fi:
-                    parts = line.split(None, 1)
-                    if parts:
-                        table[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
-            conv = utt2spk_to_spk2utt if a.cmd == "utt2spk-to-spk2utt" else spk2utt_to_utt2spk
-            for k, val in conv(table).items():
-                sys.stdout.write(f"{k} {val}\n")
-        elif a.cmd == "filter-scp":
-            with open(a.idlist, encoding="utf-8") as fl:
-                ids = {line.split()[0] for line in fl if line.strip()}
-            with _stdin_or(a.input) as fi:
-                for line in filter_lines(fi, ids, a.exclude, a.field):
-                    sys.stdout.write(line if line.endswith("\n") else line + "\n")
-    except (DataDirError, OSError) as e:
-        err(f"{a.cmd}: error: {e}")
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # the command line lives in xytok/bin (layering: data never imports bin)
+    sys.exit("the data-dir command line moved: python -m xytok.bin.datadir " + " ".join(sys.argv[1:]))

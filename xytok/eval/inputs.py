@@ -1,47 +1,30 @@
 """Reading the audio lists that scoring compares: Kaldi wav.scp files or directories of wavs."""
 from __future__ import annotations
 
-import io
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from xytok.audio import AudioError, load_audio
+from xytok.data.table import read_table
 
 SAMPLE_RATE = 16000
 
-
-class AudioReadError(Exception):
-    pass
+# Scoring's read errors are the one audio error type (kept under this name for its callers).
+AudioReadError = AudioError
 
 
 def read_scp(path: str | os.PathLike) -> dict[str, str]:
-    """`uttid path` or `uttid command |` per line -> {uttid: rest}. Duplicate ids are an error."""
-    entries = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.split(maxsplit=1)
-            if len(parts) != 2:
-                raise ValueError(f"{path}:{lineno}: expected 'uttid path', got {line!r}")
-            if parts[0] in entries:
-                raise ValueError(f"{path}:{lineno}: duplicate utterance id {parts[0]!r}")
-            entries[parts[0]] = parts[1]
-    return entries
+    """`uttid path` or `uttid command |` per line -> {uttid: rest} (the one table parser; a line
+    without a value or a duplicate id is a ValueError naming file and line)."""
+    return read_table(path, require_value=True, key_name="utterance id", expect="'uttid path'")
 
 
 def read_text(path: str | os.PathLike) -> dict[str, str]:
-    """Kaldi `text`: `uttid words...` (an utterance with no words maps to '')."""
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split(maxsplit=1)
-            if parts:
-                out[parts[0]] = parts[1] if len(parts) > 1 else ""
-    return out
+    """Kaldi `text`: `uttid words...` (an utterance with no words maps to ''; a duplicate id is a
+    ValueError naming file and line)."""
+    return read_table(path, key_name="utterance id")
 
 
 def resolve_audio_list(path: str | os.PathLike) -> dict[str, str]:
@@ -64,31 +47,15 @@ def resolve_audio_list(path: str | os.PathLike) -> dict[str, str]:
     raise FileNotFoundError(f"{p}: neither a wav.scp file nor a directory")
 
 
-def load_wav(entry: str, target_sr: int = SAMPLE_RATE) -> tuple[np.ndarray, int]:
+def load_wav(entry: str, target_sr: int = SAMPLE_RATE, utt: str | None = None) -> tuple[np.ndarray, int]:
     """Load one wav.scp entry as mono float64 at `target_sr`; returns (wav, original rate).
 
-    Resampling (only if the file is not at target_sr) uses scipy.signal.resample_poly with the
-    rational rate ratio - never a sample-count based resample.
+    xytok.audio.load_audio (the one loader: files, pipes, ark offsets, tar members; polyphase
+    resampling with the exact rate ratio). Scoring compares signals, so multi-channel input is an
+    error here instead of being downmixed. Raises AudioReadError (= AudioError) naming the entry.
     """
-    entry = entry.strip()
-    try:
-        if entry.endswith("|"):
-            proc = subprocess.run(entry[:-1], shell=True, capture_output=True, check=True)
-            wav, sr = sf.read(io.BytesIO(proc.stdout), dtype="float64", always_2d=True)
-        else:
-            wav, sr = sf.read(entry, dtype="float64", always_2d=True)
-    except subprocess.CalledProcessError as e:
-        raise AudioReadError(f"command {entry!r} failed: {e.stderr.decode(errors='replace')[-200:]}") from e
-    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError / FileNotFoundError
-        raise AudioReadError(f"cannot read {entry!r}: {e}") from e
-    if wav.shape[1] != 1:
-        raise AudioReadError(f"{entry!r} has {wav.shape[1]} channels; scoring needs mono")
-    wav = wav[:, 0]
-    if sr != target_sr:
-        from math import gcd
-
-        from scipy.signal import resample_poly
-
-        g = gcd(sr, target_sr)
-        wav = resample_poly(wav, target_sr // g, sr // g)
-    return wav, sr
+    wav, info = load_audio(entry, target_sr=target_sr, utt=utt)
+    if info.orig_channels != 1:
+        what = f"utterance {utt!r} ({info.source})" if utt else info.source
+        raise AudioReadError(f"{what}: has {info.orig_channels} channels; scoring needs mono")
+    return wav.astype(np.float64), info.orig_sample_rate
