@@ -110,6 +110,9 @@ def test_eval_load_wav_is_the_one_loader(tmp_path):
         m = t.getmember("a8k.wav")
     wav2, _ = inputs.load_wav(f"{tar}:{m.offset_data}:{m.size}")
     np.testing.assert_array_equal(wav2, wav)
+    # datadir's length probe (validate --check-audio, filter-duration) reads the same entries
+    assert datadir.audio_info(path) == datadir.audio_info(f"cat {path} |") == (8000, 8000)
+    assert datadir.audio_info(f"{tar}:{m.offset_data}:{m.size}") == (8000, 8000)
     stereo = str(tmp_path / "st.wav")
     sf.write(stereo, np.stack([x, x], 1), 16000)
     with pytest.raises(inputs.AudioReadError, match=r"st\.wav.*2 channels; scoring needs mono"):

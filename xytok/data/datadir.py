@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-import subprocess
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -238,11 +237,12 @@ class DataDir:
 
 
 # ----------------------------------------------------------------------------------------------
-# Audio helpers (soundfile / kaldiio imported only here)
+# Audio helpers (soundfile and xytok.audio imported only here)
 
 
 def audio_info(value: str) -> Tuple[int, int]:
-    """(num_samples, sample_rate) of a wav.scp value: a file, `cmd |`, or an `x.ark:offset`."""
+    """(num_samples, sample_rate) of a wav.scp value: a file, `cmd |`, an `x.ark:offset` or a tar
+    member `shard.tar:OFFSET:SIZE`."""
     try:
         return _audio_info(value)
     except ImportError as e:
@@ -250,31 +250,20 @@ def audio_info(value: str) -> Tuple[int, int]:
 
 
 def _audio_info(value: str) -> Tuple[int, int]:
-    if value.endswith("|"):
-        proc = subprocess.run(["bash", "-c", value[:-1]], capture_output=True)
-        if proc.returncode != 0:
-            err = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or [""]
-            raise DataDirError(f"command failed (exit {proc.returncode}): {err[0]}")
-        import soundfile
-
-        data, rate = soundfile.read(io.BytesIO(proc.stdout), dtype="int16", always_2d=True)
-        return data.shape[0], rate
-    if re.search(r"\.ark:\d+$", value):
-        import kaldiio
-
-        loaded = kaldiio.load_mat(value)
-        if not isinstance(loaded, tuple):
-            raise DataDirError("ark entry is a matrix, not audio (rate, samples)")
-        rate, data = loaded
-        return len(data), rate
     import soundfile
 
-    m = _TAR_MEMBER.match(value)
-    if m and not os.path.isfile(value):
-        with open(m.group(1), "rb") as f:
-            f.seek(int(m.group(2)))
-            value = io.BytesIO(f.read(int(m.group(3))))
-    info = soundfile.info(value)
+    from xytok.audio import load_audio, parse_tar_member, read_tar_member_bytes
+
+    member = parse_tar_member(value)
+    if member and not os.path.isfile(value):
+        info = soundfile.info(io.BytesIO(read_tar_member_bytes(*member)))
+        return info.frames, info.samplerate
+    if value.endswith("|") or re.search(r"\.ark:\d+$", value):
+        # No header to read without running the command / the ark reader: decode with the one
+        # audio loader (xytok.audio), at the stored rate.
+        _, info = load_audio(value, target_sr=None)
+        return info.orig_num_samples, info.orig_sample_rate
+    info = soundfile.info(value)  # a file: its header is enough
     return info.frames, info.samplerate
 
 
