@@ -35,10 +35,7 @@ if [ -z "$python" ]; then
 fi
 if [ -z "$wheels" ] && [ -d "$root/.whl" ]; then wheels=$root/.whl; fi
 
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT"
-  exec > >(tee -a "$OUT/gpu_check.log") 2>&1
-fi
+run_checks() {
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -83,4 +80,12 @@ EOF
 fi
 
 cd "$root"
-"$python" "$root/benchmarks/gpu_check.py" "${args[@]}"
+"$python" "$root/benchmarks/gpu_check.py" ${args[@]+"${args[@]}"}
+}
+
+if [ -n "${OUT:-}" ]; then  # also into $OUT, which the GPU runner collects
+  mkdir -p "$OUT"
+  run_checks 2>&1 | tee -a "$OUT/gpu_check.log"
+  exit "${PIPESTATUS[0]}"
+fi
+run_checks
