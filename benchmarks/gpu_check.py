@@ -166,6 +166,9 @@ def build_random_qwen2(out_dir, sizes: Optional[Dict[str, Any]] = None, dtype: s
         model = Qwen2ForCausalLM(Qwen2Config(**sizes))
     model.to(getattr(torch, dtype)).save_pretrained(str(out_dir))
     n_params = sum(p.numel() for p in model.parameters())
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # the training child needs the memory, not this process
     return {"dir": str(out_dir), "params": n_params, "tokenizer_vocab": tok.get_vocab_size()}
 
 
@@ -558,8 +561,12 @@ def environment() -> Dict[str, Any]:
            "host": os.uname().nodename}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        env.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), gpus=torch.cuda.device_count(),
-                   nccl=".".join(map(str, torch.cuda.nccl.version())) if hasattr(torch.cuda, "nccl") else None)
+        env.update(gpu=p.name, gpu_mem_gib=round(p.total_memory / 2**30, 1), gpus=torch.cuda.device_count())
+        try:  # a tuple in recent torch, an int in old ones
+            v = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        except Exception as e:  # noqa: BLE001 - informational only
+            env["nccl"] = f"unknown ({e})"
     try:
         import transformers
 
