@@ -241,3 +241,34 @@ def test_recipe_multi_node_flags_are_checked_early(tmp_path):
     assert r.returncode != 0 and "--master_port must be a non-negative integer" in r.stdout + r.stderr
     r = run("./run.sh --help", rdir)
     assert all(f in r.stdout for f in ("--node_rank", "--rdzv_endpoint", "--master_port"))
+
+
+def test_bin_train_relaunches_itself_as_two_nodes(tmp_path):
+    """The recipe path: `python -m xytok.bin.train --num_nodes 2 --node_rank K --rdzv_endpoint ...`
+    started once per "node" builds its own torchrun launcher and the two form one world of 2."""
+    import torch
+    from test_train_stage1 import env, make_data_dir, make_spm, write_config  # the stage-1 test's tiny run
+
+    setup = {"train": make_data_dir(tmp_path, "train", 9, 0, with_feats=True),
+             "valid": make_data_dir(tmp_path, "valid", 3, 1), "spm": make_spm(tmp_path)}
+    config = write_config(tmp_path, setup["spm"], max_steps=2, save_interval=2)
+    exp = tmp_path / "exp"
+    port = _free_port()
+    procs = []
+    for node in (1, 0):
+        cmd = [sys.executable, "-m", "xytok.bin.train", "--config", str(config), "--output_dir", str(exp),
+               "--train_data", str(setup["train"]), "--valid_data", str(setup["valid"]),
+               "--valid_interval", "2", "--num_nodes", "2", "--node_rank", str(node),
+               "--rdzv_endpoint", f"127.0.0.1:{port}"]
+        procs.append(subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    assert "--node_rank 0 --rdzv_backend static --rdzv_endpoint 127.0.0.1:" in outs[1][1]  # "launching: ..."
+    state = torch.load(exp / "checkpoint.pth", weights_only=False)
+    assert state["world_size"] == 2 and state["step"] == 2 and (exp / "export" / "model.ckpt").exists()
