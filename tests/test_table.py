@@ -20,7 +20,7 @@ from xytok.eval import inputs
 REPO = Path(__file__).resolve().parent.parent
 
 
-def write(path, text, mode="w"):
+def write(path, text):
     path = Path(path)
     (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
     return str(path)
