@@ -272,3 +272,4 @@ def test_bin_train_relaunches_itself_as_two_nodes(tmp_path):
     assert "--node_rank 0 --rdzv_backend static --rdzv_endpoint 127.0.0.1:" in outs[1][1]  # "launching: ..."
     state = torch.load(exp / "checkpoint.pth", weights_only=False)
     assert state["world_size"] == 2 and state["step"] == 2 and (exp / "export" / "model.ckpt").exists()
+    assert "world_size 2, device cpu, process group: gloo (DDP on)" in (exp / "train.log").read_text()

@@ -96,7 +96,10 @@ def main(argv=None) -> int:
     if dist_info.is_main:
         with open(exp_dir / "config.yaml", "w") as f:
             yaml.safe_dump(config, f, sort_keys=False)
-    log.info("world_size %d, device %s", dist_info.world_size, dist_info.device)
+    import torch.distributed as tdist
+
+    log.info("world_size %d, device %s, process group: %s (DDP %s)", dist_info.world_size, dist_info.device,
+             tdist.get_backend() if dist_info.process_group else "none", "on" if dist_info.enabled else "off")
     if dist_info.device.type == "cpu":
         import torch
 
