@@ -278,8 +278,16 @@ def test_bad_inputs_name_the_file(tmp_path):
     root = tmp_path / "e"
     _tar(root / "Emilia/EN/EN-B000000.tar", items[:2])
     _tar(root / "Emilia/EN/EN-B000001.tar", items[1:3])
-    with pytest.raises(DataPrepError, match=r"duplicate utterance id '" + items[1][0]["id"] + r"'.*EN-B000001.tar.*"
-                                            r"EN-B000000.tar"):
+    dup = items[1][0]["id"]
+    with pytest.raises(DataPrepError, match=rf"duplicate utterance id '{dup}': in \S*/EN-B000000.tar and \S*/EN-B000001.tar"):
+        prepare(root, tmp_path / "out", n_dev=0, n_test=0, flt=flt)
+    # the same id twice in one jsonl
+    root = tmp_path / "h"
+    made = make_original_tree(root)
+    jl = root / "EN/EN_B00000.jsonl"
+    jl.write_text(jl.read_text() + jl.read_text().splitlines()[0] + "\n")
+    with pytest.raises(DataPrepError, match=r"duplicate utterance id 'EN_B00000_S00000_W000000': twice in "
+                                            r"\S*/EN/EN_B00000.jsonl"):
         prepare(root, tmp_path / "out", n_dev=0, n_test=0, flt=flt)
     # original layout: an mp3 the jsonl names is missing
     root = tmp_path / "f"

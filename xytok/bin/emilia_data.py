@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from xytok.audio import tar_member_entry
-from xytok.data.datadir import sorted_ids, utt2spk_to_spk2utt, write_table
+from xytok.data.datadir import utt2spk_to_spk2utt, write_table
 from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.emilia_data")
@@ -77,7 +77,8 @@ class Row(NamedTuple):
     wav: str
     dur: float
     text: str
-    where: str     # file (and member or line) the row came from, for error messages
+    lang: str
+    src: int       # index of the shard it came from (named in error messages; rows stay small)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class Filters:
     max_duration: float = math.inf
 
 
-def _row(meta, where: str, wav: str, flt: Filters, counts: Dict[str, int]) -> Optional[Row]:
+def _row(meta, where: str, wav: str, flt: Filters, counts: Dict[str, int], lang: str, src: int) -> Optional[Row]:
     """The row for one metadata record, or None when a filter drops it (counted)."""
     if not isinstance(meta, dict):
         raise DataPrepError(f"{where}: metadata is not a JSON object")
@@ -178,7 +179,7 @@ def _row(meta, where: str, wav: str, flt: Filters, counts: Dict[str, int]) -> Op
     if any(c.isspace() for c in wav):
         raise DataPrepError(f"{where}: audio path contains whitespace (not allowed in wav.scp): {wav}")
     utt = uid if uid.startswith(spk) else f"{spk}-{uid}"
-    return Row(utt, spk, wav, dur, text, where)
+    return Row(utt, spk, wav, dur, text, lang, src)
 
 
 def _split_key(name: str) -> Tuple[str, str]:
@@ -188,7 +189,7 @@ def _split_key(name: str) -> Tuple[str, str]:
     return (f"{d}/{stem}" if d else stem), ext.lower()
 
 
-def scan_tar(path: str, flt: Filters, counts: Dict[str, int]) -> List[Row]:
+def scan_tar(path: str, flt: Filters, counts: Dict[str, int], lang: str = "", src: int = 0) -> List[Row]:
     """Rows of one HF shard, reading only tar headers and the small .json members."""
     rows: List[Row] = []
     pending: Dict[str, dict] = {}  # key -> {"json": meta, "mp3": (offset, size)}; pairs are adjacent
@@ -219,7 +220,7 @@ def scan_tar(path: str, flt: Filters, counts: Dict[str, int]) -> List[Row]:
                     (meta, where), (off, size) = entry["json"], entry["mp3"]
                     if size == 0:
                         raise DataPrepError(f"{path}:{key}.mp3: empty audio member (0 bytes)")
-                    r = _row(meta, where, tar_member_entry(path, off, size), flt, counts)
+                    r = _row(meta, where, tar_member_entry(path, off, size), flt, counts, lang, src)
                     if r:
                         rows.append(r)
         except tarfile.TarError as e:
@@ -232,7 +233,7 @@ def scan_tar(path: str, flt: Filters, counts: Dict[str, int]) -> List[Row]:
     return rows
 
 
-def scan_jsonl(path: str, flt: Filters, counts: Dict[str, int]) -> List[Row]:
+def scan_jsonl(path: str, flt: Filters, counts: Dict[str, int], lang: str = "", src: int = 0) -> List[Row]:
     """Rows of one original-layout jsonl; `wav` is relative to the jsonl's <LANG>/ folder."""
     base = Path(path).parent
     rows: List[Row] = []
@@ -248,7 +249,7 @@ def scan_jsonl(path: str, flt: Filters, counts: Dict[str, int]) -> List[Row]:
             if isinstance(meta, dict) and "wav" not in meta:
                 raise DataPrepError(f"{where}: missing field wav in the metadata (has: {', '.join(sorted(meta))})")
             wav = base / str(meta["wav"]) if isinstance(meta, dict) else base
-            r = _row(meta, where, str(wav.resolve()), flt, counts)
+            r = _row(meta, where, str(wav.resolve()), flt, counts, lang, src)
             if r is None:
                 continue
             if not wav.is_file():
@@ -257,10 +258,10 @@ def scan_jsonl(path: str, flt: Filters, counts: Dict[str, int]) -> List[Row]:
     return rows
 
 
-def scan_shard(args: Tuple[Shard, Filters]) -> Tuple[List[Row], Dict[str, int]]:
-    shard, flt = args
+def scan_shard(args: Tuple[Shard, int, Filters]) -> Tuple[List[Row], Dict[str, int]]:
+    shard, src, flt = args
     counts = {"empty text": 0, "dnsmos": 0, "duration": 0}
-    rows = (scan_tar if shard.kind == "tar" else scan_jsonl)(shard.path, flt, counts)
+    rows = (scan_tar if shard.kind == "tar" else scan_jsonl)(shard.path, flt, counts, shard.lang, src)
     return rows, counts
 
 
@@ -295,19 +296,19 @@ def held_out_speakers(spk_first_shard: Dict[str, int], n_dev: int, n_test: int, 
     return set(pool[n_test:need]), set(pool[:n_test])
 
 
-def write_data_dir(rows: Sequence[Row], langs: Dict[str, str], out: Path) -> None:
+def write_data_dir(rows: Sequence[Row], out: Path) -> None:
+    """rows sorted by utterance id (code-point order of str = byte order of its UTF-8)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        utt2spk = {r.utt: r.spk for r in rows}
-        write_table(str(tmp / "wav.scp"), {r.utt: r.wav for r in rows})
-        write_table(str(tmp / "text"), {r.utt: r.text for r in rows})
-        write_table(str(tmp / "utt2spk"), utt2spk)
-        write_table(str(tmp / "utt2dur"), {r.utt: f"{r.dur:.3f}" for r in rows})
-        write_table(str(tmp / "utt2num_samples"), {r.utt: str(max(1, round(r.dur * FS))) for r in rows})
-        write_table(str(tmp / "utt2lang"), {r.utt: langs[r.utt] for r in rows})
-        write_table(str(tmp / "spk2utt"), utt2spk_to_spk2utt({u: utt2spk[u] for u in sorted_ids(utt2spk)}))
+        # One table at a time: only the rows (the output itself) stay in memory throughout.
+        for name, value in (("wav.scp", lambda r: r.wav), ("text", lambda r: r.text), ("utt2spk", lambda r: r.spk),
+                            ("utt2dur", lambda r: f"{r.dur:.3f}"),
+                            ("utt2num_samples", lambda r: str(max(1, round(r.dur * FS)))),
+                            ("utt2lang", lambda r: r.lang)):
+            write_table(str(tmp / name), {r.utt: value(r) for r in rows})
+        write_table(str(tmp / "spk2utt"), utt2spk_to_spk2utt({r.utt: r.spk for r in rows}))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -321,22 +322,23 @@ def prepare(emilia_dir: Path, out_dir: Path, langs: Optional[str | Sequence[str]
             nj: int = 1) -> Dict[str, int]:
     """Scan the shards, filter, split by speaker and write the three data dirs; returns set sizes."""
     shards = find_shards(Path(emilia_dir), parse_langs(langs))
-    jobs = [(s, flt) for lang in shards for s in shards[lang]]
-    log.info("%s: %d shard(s): %s", emilia_dir, len(jobs),
+    flat = [s for lang in shards for s in shards[lang]]
+    log.info("%s: %d shard(s): %s", emilia_dir, len(flat),
              ", ".join(f"{lang} {len(v)} ({'/'.join(sorted({s.source for s in v}))})" for lang, v in shards.items()))
-    split: Dict[str, List[Row]] = {name: [] for name in sets}
-    utt_lang: Dict[str, str] = {}
-    seen: Dict[str, str] = {}
-    prog = ProgressLog(len(jobs), "scan", unit="shards", logger=log)
-    pool = multiprocessing.get_context("fork").Pool(nj) if nj > 1 and len(jobs) > 1 else None
+    rows: List[Row] = []
+    held: Dict[str, Tuple[set, set]] = {}
+    prog = ProgressLog(len(flat), "scan", unit="shards", logger=log)
+    pool = multiprocessing.get_context("fork").Pool(nj) if nj > 1 and len(flat) > 1 else None
+    jobs = [(s, i, flt) for i, s in enumerate(flat)]
     results: Iterable = pool.imap(scan_shard, jobs) if pool else map(scan_shard, jobs)
     done = 0
     try:
-        # Shards come back in order, grouped by language: split each language once it is complete.
+        # Shards come back in order, grouped by language: choose each language's held-out speakers
+        # once all its shards are read.
         for lang in shards:
-            rows: List[Row] = []
-            first: Dict[str, int] = {}
+            first: Dict[str, int] = {}  # speaker -> first shard (of this language) holding it
             counts = {"empty text": 0, "dnsmos": 0, "duration": 0}
+            n_rows = 0
             for i in range(len(shards[lang])):
                 shard_rows, c = next(results)
                 done += 1
@@ -344,32 +346,42 @@ def prepare(emilia_dir: Path, out_dir: Path, langs: Optional[str | Sequence[str]
                 for k in counts:
                     counts[k] += c[k]
                 for r in shard_rows:
-                    if r.utt in seen:
-                        raise DataPrepError(f"duplicate utterance id '{r.utt}': {r.where} and {seen[r.utt]}")
-                    seen[r.utt] = r.where
                     first.setdefault(r.spk, i)
                 rows += shard_rows
-            if not rows:
+                n_rows += len(shard_rows)
+            if not n_rows:
                 raise DataPrepError(f"{lang}: no utterance left after filtering "
                                     f"({', '.join(f'{v} dropped for {k}' for k, v in counts.items())})")
-            dev, test = held_out_speakers(first, n_dev, n_test, seed, lang)
-            for r in rows:
-                name = sets[2] if r.spk in test else sets[1] if r.spk in dev else sets[0]
-                split[name].append(r)
-                utt_lang[r.utt] = lang
-            log.info("%s: %d utterances, %d speakers (%d dev, %d test held out); dropped: %s", lang, len(rows),
-                     len(first), len(dev), len(test), ", ".join(f"{v} {k}" for k, v in counts.items()))
+            held[lang] = held_out_speakers(first, n_dev, n_test, seed, lang)
+            log.info("%s: %d utterances, %d speakers (%d dev, %d test held out); dropped: %s", lang, n_rows,
+                     len(first), len(held[lang][0]), len(held[lang][1]),
+                     ", ".join(f"{v} {k}" for k, v in counts.items()))
     finally:
         if pool:
             pool.terminate()
-    seen.clear()
-    for name, rows in split.items():
-        if not rows:
+    rows.sort()  # by utterance id; equal ids end up adjacent
+    for a, b in zip(rows, rows[1:]):
+        if a.utt == b.utt:
+            i, j = sorted((a.src, b.src))
+            where = f"twice in {flat[i].path}" if i == j else f"in {flat[i].path} and {flat[j].path}"
+            raise DataPrepError(f"duplicate utterance id '{a.utt}': {where}")
+    sizes = {}
+    for k, name in enumerate(sets):
+        part = [r for r in rows if _set_of(r, held) == k]
+        if not part:
             raise DataPrepError(f"set '{name}' would be empty (--dev_spk {n_dev} --test_spk {n_test})")
-        write_data_dir(rows, utt_lang, Path(out_dir) / name)
-        log.info("%s: %d utterances, %d speakers, %.2f h -> %s", name, len(rows), len({r.spk for r in rows}),
-                 sum(r.dur for r in rows) / 3600, Path(out_dir) / name)
-    return {name: len(rows) for name, rows in split.items()}
+        write_data_dir(part, Path(out_dir) / name)
+        sizes[name] = len(part)
+        log.info("%s: %d utterances, %d speakers, %.2f h -> %s", name, len(part), len({r.spk for r in part}),
+                 sum(r.dur for r in part) / 3600, Path(out_dir) / name)
+        del part
+    return sizes
+
+
+def _set_of(r: Row, held: Dict[str, Tuple[set, set]]) -> int:
+    """0 train, 1 dev, 2 test."""
+    dev, test = held[r.lang]
+    return 2 if r.spk in test else 1 if r.spk in dev else 0
 
 
 # ----------------------------------------------------------------------------------------------
