@@ -281,6 +281,13 @@ def test_bad_inputs_name_the_file(tmp_path):
     dup = items[1][0]["id"]
     with pytest.raises(DataPrepError, match=rf"duplicate utterance id '{dup}': in \S*/EN-B000000.tar and \S*/EN-B000001.tar"):
         prepare(root, tmp_path / "out", n_dev=0, n_test=0, flt=flt)
+    # a shard cut off inside an mp3 (interrupted copy)
+    root = tmp_path / "t"
+    _tar(root / "Emilia/EN/EN-B000000.tar", items[:2], json_first=True)
+    data = (root / "Emilia/EN/EN-B000000.tar").read_bytes()
+    (root / "Emilia/EN/EN-B000000.tar").write_bytes(data[:data.rindex(items[1][1][:64]) + 100])
+    with pytest.raises(DataPrepError, match=r"EN-B000000.tar: truncated: member " + items[1][0]["id"] + ".mp3"):
+        prepare(root, tmp_path / "out", n_dev=0, n_test=0, flt=flt)
     # the same id twice in one jsonl
     root = tmp_path / "h"
     made = make_original_tree(root)

@@ -197,6 +197,7 @@ def scan_tar(path: str, flt: Filters, counts: Dict[str, int], lang: str = "", sr
         tf = tarfile.open(path, "r:")  # uncompressed only: offsets must be byte offsets in the file
     except (tarfile.TarError, OSError) as e:
         raise DataPrepError(f"{path}: cannot open as an uncompressed tar ({e}); re-download the shard") from None
+    fsize = os.path.getsize(path)
     with tf:
         try:
             for ti in tf:
@@ -211,6 +212,9 @@ def scan_tar(path: str, flt: Filters, counts: Dict[str, int], lang: str = "", sr
                         raise DataPrepError(f"{where}: bad JSON ({e})") from None
                     pending.setdefault(key, {})["json"] = (meta, where)
                 elif ext == "mp3":
+                    if ti.offset_data + ti.size > fsize:  # tarfile stops quietly at a cut-off end
+                        raise DataPrepError(f"{path}: truncated: member {ti.name} ends at byte "
+                                            f"{ti.offset_data + ti.size} of a {fsize}-byte file; re-download the shard")
                     pending.setdefault(key, {})["mp3"] = (ti.offset_data, ti.size)
                 else:
                     continue
