@@ -199,6 +199,19 @@ def steady_steps_per_second(log_text: str, warmup_steps: int = 0) -> Dict[str, A
             "includes_warmup": False}
 
 
+_WORLD = re.compile(r"world_size (\d+), device ([^\s,]+)(?:, process group: (\w+) \(DDP (on|off)\))?")
+
+
+def world_info(log_text: str) -> Dict[str, Any]:
+    """xytok.bin.train's `world_size N, device D, process group: B (DDP on|off)` line, parsed
+    (backend/ddp None when the log predates that line)."""
+    m = _WORLD.search(log_text)
+    if not m:
+        raise ValueError("no 'world_size N, device D' line in the training log")
+    return {"world_size": int(m.group(1)), "device": m.group(2), "backend": m.group(3),
+            "ddp": None if m.group(4) is None else m.group(4) == "on"}
+
+
 def peak_memory_gib(log_text: str) -> Optional[float]:
     values = [float(v) for v in _PEAK.findall(log_text)]
     return max(values) if values else None
@@ -317,15 +330,20 @@ def part_ddp(args, work: Path, out: Path) -> Dict[str, Any]:
     metrics = read_train_metrics(exp)
     rate = steady_steps_per_second(text, warmup_steps=5)
     nccl_init = bool(re.search(r"NCCL INFO|NCCL version", run["output"]))
-    res = {"nccl_initialised": nccl_init, "nccl_in_train_log": "nccl" in text.lower(),
-           "world_size_line": next((l.split(": ", 1)[-1] for l in text.splitlines() if "world_size" in l), None),
-           "steps": metrics["last_step"], "losses_finite": metrics["all_finite"],
+    world = world_info(text)
+    res = {"backend": world["backend"], "ddp": world["ddp"], "world_size": world["world_size"],
+           "device": world["device"], "nccl_initialised": nccl_init, "steps": metrics["last_step"], "losses_finite": metrics["all_finite"],
            "first_loss": metrics["first_loss"], "last_loss": metrics["last_loss"],
            "valid_records": metrics["valid_records"], "steps_per_s": rate["steps_per_s"],
            "rate_from_step": rate["from_step"], "wall_s": run["seconds"], "notes": notes}
     problems = []
+    want = "nccl" if on_gpu else "gloo"
+    if world["backend"] not in (None, want):
+        problems.append(f"process group backend {world['backend']!r}, expected {want!r}")
+    if world["ddp"] is False:
+        problems.append("the model was not wrapped in DDP (a 1-process torchrun world should be)")
     if on_gpu and not nccl_init:
-        problems.append("NCCL was not initialised (a 1-process torchrun world ran without a process group)")
+        problems.append("NCCL was not initialised (no 'NCCL INFO' lines with NCCL_DEBUG=INFO)")
     if not metrics["all_finite"]:
         problems.append(f"non-finite training values: {metrics['non_finite_keys']}")
     if metrics["last_step"] != args.ddp_steps:
@@ -519,7 +537,8 @@ def _fmt(v) -> str:
 
 # Shown in the summary table per part (the rest is in summary.json).
 HEADLINE = {
-    "ddp": ["nccl_initialised", "world_size_line", "losses_finite", "steps", "steps_per_s", "first_loss", "last_loss"],
+    "ddp": ["backend", "ddp", "nccl_initialised", "device", "losses_finite", "steps", "steps_per_s", "first_loss",
+            "last_loss"],
     "paper_bf16": ["steps", "steps_per_s", "audio_s_per_step", "audio_h_per_gpu_h", "peak_mem_gib", "losses_finite",
                    "params_trainable_M", "params_frozen_M"],
     "tokenize": ["fp32_audio_s_per_s", "bf16_audio_s_per_s", "bf16_speedup", "identical_codes",

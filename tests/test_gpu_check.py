@@ -122,6 +122,15 @@ def test_reporter_progress_line_parses():
     assert gc.steady_steps_per_second(line)["steps_per_s"] == pytest.approx(2.0, rel=0.05)
 
 
+def test_world_info():
+    log = "2026-01-01 00:00:00 [rank0] INFO xytok.train: world_size 1, device cuda:0, process group: nccl (DDP on)\n"
+    assert gc.world_info(log) == {"world_size": 1, "device": "cuda:0", "backend": "nccl", "ddp": True}
+    old = "x INFO xytok.train: world_size 1, device cpu\n"
+    assert gc.world_info(old) == {"world_size": 1, "device": "cpu", "backend": None, "ddp": None}
+    with pytest.raises(ValueError):
+        gc.world_info("nothing")
+
+
 def test_error_line():
     out = ("[rank0]: Traceback (most recent call last):\n[rank0]:   File x\n"
            "[rank0]: xytok.data.manifest.DataError: data.crop_seconds=4 with the ASR loss on\n"
