@@ -332,7 +332,8 @@ def part_ddp(args, work: Path, out: Path) -> Dict[str, Any]:
     nccl_init = bool(re.search(r"NCCL INFO|NCCL version", run["output"]))
     world = world_info(text)
     res = {"backend": world["backend"], "ddp": world["ddp"], "world_size": world["world_size"],
-           "device": world["device"], "nccl_initialised": nccl_init, "steps": metrics["last_step"], "losses_finite": metrics["all_finite"],
+           "device": world["device"], "nccl_initialised": nccl_init, "steps": metrics["last_step"],
+           "losses_finite": metrics["all_finite"],
            "first_loss": metrics["first_loss"], "last_loss": metrics["last_loss"],
            "valid_records": metrics["valid_records"], "steps_per_s": rate["steps_per_s"],
            "rate_from_step": rate["from_step"], "wall_s": run["seconds"], "notes": notes}
