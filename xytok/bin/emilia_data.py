@@ -192,7 +192,7 @@ def _split_key(name: str) -> Tuple[str, str]:
 def scan_tar(path: str, flt: Filters, counts: Dict[str, int], lang: str = "", src: int = 0) -> List[Row]:
     """Rows of one HF shard, reading only tar headers and the small .json members."""
     rows: List[Row] = []
-    pending: Dict[str, dict] = {}  # key -> {"json": meta, "mp3": (offset, size)}; pairs are adjacent
+    pending: Dict[str, dict] = {}  # key -> {"json": .., "mp3": (offset, size)}; small: pairs are adjacent in practice
     try:
         tf = tarfile.open(path, "r:")  # uncompressed only: offsets must be byte offsets in the file
     except (tarfile.TarError, OSError) as e:
