@@ -34,6 +34,8 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
+from xytok.data.table import TableError, UnsortedTableError, iter_table
+
 log = logging.getLogger("xytok.data")
 
 SAMPLE_RATE = 16000
@@ -48,7 +50,7 @@ class DataError(ValueError):
     """A problem with a data dir or manifest, naming the file and/or utterance."""
 
 
-class UnsortedTableError(DataError):
+class UnsortedDataError(DataError):
     """A Kaldi table not in LC_ALL=C order (the conversion then sorts copies of the tables)."""
 
 
@@ -219,24 +221,13 @@ def write_manifest(items: Iterable[Dict[str, Any]], out_dir: str | os.PathLike,
 
 # -- Kaldi data dir -> manifest ---------------------------------------------------------------------
 def _iter_table(path: Path) -> Iterator[Tuple[str, str, int]]:
-    """(key, value, line number) of a sorted Kaldi table, checking byte order and duplicates."""
-    prev = None
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.decode("utf-8", errors="strict").rstrip("\r\n")
-            if not line.strip():
-                continue
-            parts = line.split(maxsplit=1)
-            key = parts[0]
-            value = parts[1].strip() if len(parts) > 1 else ""
-            kb = key.encode("utf-8")
-            if prev is not None and kb <= prev:
-                if kb == prev:
-                    raise DataError(f"{path}:{lineno}: duplicate utterance id {key!r}")
-                raise UnsortedTableError(f"{path}:{lineno}: not sorted (LC_ALL=C sort order) at {key!r}; "
-                                         f"utils/fix_data_dir.sh {path.parent} sorts it")
-            prev = kb
-            yield key, value, lineno
+    """(key, value, line number) of a sorted Kaldi table, streamed in constant memory."""
+    try:
+        yield from iter_table(path, strict=True)
+    except UnsortedTableError as e:
+        raise UnsortedDataError(str(e)) from None
+    except TableError as e:
+        raise DataError(str(e)) from None
 
 
 class SortedLookup:
@@ -373,7 +364,7 @@ def manifest_for(path: str | os.PathLike, build: bool = True) -> Path:
     meta_in = {"source": str(p.resolve()), "source_fingerprint": fp}
     try:
         meta = write_manifest(iter_kaldi_items(p), cache, meta=meta_in, progress=prog.update)
-    except UnsortedTableError as e:
+    except UnsortedDataError as e:
         # Kaldi tables are sorted by convention; when one is not, merge-join sorted copies (GNU sort
         # works in bounded memory) rather than loading the tables into dicts.
         log.warning("%s; converting from sorted copies of the tables", e)

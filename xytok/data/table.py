@@ -32,6 +32,10 @@ class TableError(ValueError):
     """A table that cannot be read as asked; the message starts with `path:line:` (or `path:`)."""
 
 
+class UnsortedTableError(TableError):
+    """A strict table whose ids are not in LC_ALL=C order (callers may sort a copy and retry)."""
+
+
 def byte_key(s: str) -> bytes:
     """Sort key of LC_ALL=C (byte order of the UTF-8 encoding)."""
     return s.encode("utf-8")
@@ -70,9 +74,9 @@ def iter_table(source: PathOrFile, *, strict: bool = False, require_value: bool 
     prev_lineno = 0
     unsorted_reported = False
 
-    def problem(msg: str) -> None:
+    def problem(msg: str, error=TableError) -> None:
         if problems is None:
-            raise TableError(msg)
+            raise error(msg)
         problems.append(msg)
 
     try:
@@ -110,7 +114,7 @@ def iter_table(source: PathOrFile, *, strict: bool = False, require_value: bool 
                 continue
             if strict and prev is not None and byte_key(key) < byte_key(prev) and not unsorted_reported:
                 problem(f"{name}:{lineno}: not sorted (LC_ALL=C): '{key}' comes after '{prev}' "
-                        f"(utils/fix_data_dir.sh sorts a data dir)")
+                        f"(utils/fix_data_dir.sh sorts a data dir)", UnsortedTableError)
                 unsorted_reported = True
             if track_all:
                 seen[key] = lineno
@@ -136,4 +140,4 @@ def write_table(path: str, table: Dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["TableError", "byte_key", "sorted_ids", "iter_table", "read_table", "write_table"]
+__all__ = ["TableError", "UnsortedTableError", "byte_key", "sorted_ids", "iter_table", "read_table", "write_table"]
