@@ -44,6 +44,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--spm_model", help="sentencepiece model of recipe stage 4 (sets asr.tokenizer.model)")
     add_launch_arguments(p)  # --ngpu --num_nodes --node_rank --rdzv_endpoint --master_port --rdzv_id
     p.add_argument("--print_config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dump_batches", type=int, metavar="N",
+                   help="write <output_dir>/batches.jsonl (one line per item of the first N training "
+                        "batches: batch, utt_id, start, num_samples, text) and exit without building a model")
     return p
 
 
@@ -71,6 +74,8 @@ def main(argv=None) -> int:
         return 0
     if not args.output_dir:
         parser.error("--output_dir is required")
+    if args.dump_batches is not None:
+        return _dump_batches(config, Path(args.output_dir), args.dump_batches)
 
     if needs_launcher(args.ngpu, args.num_nodes):
         # Re-launch this exact command under torchrun: one process per GPU (one per node on CPU),
@@ -110,6 +115,21 @@ def main(argv=None) -> int:
     cleanup_distributed()
     log.info("finished")
     return 0
+
+
+def _dump_batches(config, out_dir: Path, n: int) -> int:
+    from xytok.data.dataset import DataError, dump_batches
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [dump_batches] %(levelname)s %(message)s")
+    if not config["data"].get("train"):
+        logging.error("--dump_batches needs --train_data")
+        return 2
+    try:
+        written = dump_batches(config, str(out_dir / "batches.jsonl"), n)
+    except (DataError, ValueError) as e:
+        logging.error("%s", e)
+        return 1
+    return 0 if written else 1
 
 
 if __name__ == "__main__":
