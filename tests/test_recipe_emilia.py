@@ -115,6 +115,8 @@ def _utt_id(meta: dict) -> str:
 
 
 STAGE_ARGS = ("--stage1_config conf/train_stage1_debug.yaml --stage2_config conf/train_stage2_debug.yaml "
+              "--compute_feats true "  # the debug semantic-CTC pre-training reads stage-3 features
+
               "--nj 2 --ngpu 0 --bpemode char --nbpe 100 --min_wav_duration 0.1 "
               "--stage1_args '--max_steps 2 --log_interval 1 --valid_interval 2 --save_interval 2 "
               "--valid_at_start false --num_examples 1' "

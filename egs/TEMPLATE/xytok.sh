@@ -55,6 +55,8 @@ min_wav_duration=0.1   # seconds; shorter train/valid utterances are dropped
 max_wav_duration=30    # seconds; longer train/valid utterances are dropped (test sets are kept whole)
 audio_format=files     # stage 2 output: files (one wav per utterance) or shards (tar shards, large corpora)
 shard_size_mb=256      # size of one tar shard (--audio_format shards)
+compute_feats=true     # stage 3 log-mel ark (read by training only with data.use_feats; needed by the
+                       # debug semantic-CTC pre-training); false skips it: training computes the log-mel
 nbpe=100               # sentencepiece vocabulary size (stage 4)
 bpemode=unigram        # sentencepiece model type: unigram, bpe, char, word
 
@@ -239,7 +241,9 @@ if run_stage 2; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-if run_stage 3; then
+if run_stage 3 && [ "$compute_feats" != true ]; then
+    log "Stage 3: skipped (--compute_feats $compute_feats): training computes the log-mel on its device"
+elif run_stage 3; then
     log "Stage 3: Whisper log-mel features (frames, 80) -> ${data_feats}/<set>/feats.scp"
     [ "$fs" -eq 16000 ] || die "--fs $fs: the model's Whisper front end works at 16000 Hz only"
     for dset in $train_set $valid_set $test_sets; do
@@ -306,7 +310,9 @@ train_stage() {
         log "  already trained ($exp/.done); delete it to train again"
         return 0
     fi
-    for f in "$data_feats/$train_set/.feats.done" "$data_feats/$valid_set/.feats.done" "$token_dir/.done"; do
+    local done_marker=.feats.done
+    [ "$compute_feats" = true ] || done_marker=.done  # no stage-3 features: the dumped audio is enough
+    for f in "$data_feats/$train_set/$done_marker" "$data_feats/$valid_set/$done_marker" "$token_dir/.done"; do
         [ -f "$f" ] || die "$f missing: run stages 2-4 first"
     done
     mkdir -p "$exp"
@@ -330,6 +336,7 @@ if run_stage 5; then
     # A stage-1 config with a `semantic_ctc_pretrain:` block (debug sizes, which cannot load Whisper)
     # first trains its semantic encoder with character CTC, then starts stage 1 from it.
     if [ -f "$stage1_config" ] && grep -q '^semantic_ctc_pretrain:' "$stage1_config" && ! trained "$stage1_exp"; then
+        [ "$compute_feats" = true ] || die "$stage1_config has semantic_ctc_pretrain:, which reads stage-3 features: run with --compute_feats true"
         _ctc_dir=$stage1_exp/semantic_ctc
         log "  semantic encoder CTC pre-training (stand-in for Whisper) -> ${_ctc_dir} (log: ${_ctc_dir}/ctc.log)"
         mkdir -p "$_ctc_dir"
