@@ -228,6 +228,19 @@ def test_dead_code_decision_does_not_depend_on_the_batch():
     assert _replaced_codes(None, copies=2) == {7}
 
 
+def test_replaced_codes_do_not_inflate_the_frame_count():
+    # Every code dead at every step (reference far below the batch): the replaced codes' counts must
+    # not feed the next step's threshold. Taking F from cluster_size.sum() grew it by K*2/R = 1.6x per
+    # step here, to inf within a few hundred steps (seen in the mini recipe as NaN at step 350).
+    torch.manual_seed(0)
+    q = VectorQuantizer(3, 16, 3, decay=0.99, threshold_ema_dead_code=2, dead_code_reference_frames=20)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        q(torch.randn(1, 3, 40, generator=gen), update=True)
+    assert torch.isfinite(q.codebook).all() and torch.isfinite(q.cluster_size).all()
+    assert float(q.cluster_size.sum()) < 16 * 2 * 40 / 20 + 40, "cluster sizes stay on the scale of a step's frames"
+
+
 def test_stage1_sets_the_dead_code_reference_from_its_config():
     from xytok.train.stage1 import Stage1Task
 

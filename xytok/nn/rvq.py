@@ -29,8 +29,10 @@ times ``commitment``.
 Dead codes: ``threshold_ema_dead_code`` is an EMA count per optimizer step, so on its own its meaning
 depends on how many frames a step sees (world size x batch x grad_accum). With
 ``dead_code_reference_frames = R`` the threshold is defined per frames seen: a code is dead when its
-EMA count is below ``threshold * F / R``, F = ``cluster_size.sum()`` (the EMA of valid frames per
-step), i.e. when its share of the frames is below ``threshold / R``. That is the released behaviour at
+EMA count is below ``threshold * F / R``, F = the valid frames of the current step (all ranks), i.e.
+when its share of the frames is below ``threshold / R``. (F is not taken from ``cluster_size.sum()``:
+replaced codes get ``cluster_size = threshold``, so with many dead codes that sum would feed on
+itself and grow without bound.) That is the released behaviour at
 a batch of R frames per step, at any batch. ``None`` (the module default) keeps the absolute count.
 
 Gradient accumulation: with ``defer_updates = True`` (set by the trainer) a training forward only
@@ -202,6 +204,7 @@ class VectorQuantizer(nn.Module):
         if _dist_active():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
+        self._step_frames = float(counts.sum().item())  # all ranks' valid frames this step
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         # Laplace smoothing keeps unused codes from dividing by zero.
@@ -240,8 +243,10 @@ class VectorQuantizer(nn.Module):
         """EMA count below which a code is dead (see the module docstring)."""
         if self.dead_code_reference_frames is None:
             return float(self.threshold_ema_dead_code)
-        frames_per_step = float(self.cluster_size.sum().item())
-        return float(self.threshold_ema_dead_code) * frames_per_step / self.dead_code_reference_frames
+        frames = getattr(self, "_step_frames", None)
+        if frames is None:  # no update yet (statistics only): the EMA is the best estimate
+            frames = float(self.cluster_size.sum().item())
+        return float(self.threshold_ema_dead_code) * frames / self.dead_code_reference_frames
 
     def dead_mask(self) -> torch.Tensor:
         if self.threshold_ema_dead_code <= 0:
