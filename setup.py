@@ -14,6 +14,8 @@ EXTRAS = {
         # resemblyzer -> webrtcvad does `import pkg_resources`, removed in setuptools 81.
         "setuptools<81",
     ],
+    # load_codec("org/name") / xytok encode --model org/name, and recipe stage 12 (upload).
+    "hub": ["huggingface_hub>=0.23"],
     "test": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})
@@ -23,6 +25,7 @@ setup(
     version="0.1.0",
     description="XY-Tokenizer speech codec: training recipes, inference, evaluation",
     packages=find_packages(include=["xytok", "xytok.*"]),
+    package_data={"xytok": ["configs/*.yaml"]},  # the released config for weights-only downloads
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",
@@ -35,6 +38,7 @@ setup(
         "sentencepiece",
         "tensorboard",
         "matplotlib",
+        "safetensors>=0.4",  # exported weights (model.safetensors) are written and read by default
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["xytok=xytok.cli:main"]},

@@ -1,7 +1,9 @@
 """Strict loading of generator checkpoints in the released XY-Tokenizer format.
 
-Accepted files (as the official ``load_from_checkpoint``): ``{'generator': state_dict}`` or a bare
-state dict, loaded with ``torch.load(weights_only=True)``. Weight-norm parameters may be stored
+Accepted files: a torch pickle as the official ``load_from_checkpoint`` reads it
+(``{'generator': state_dict}`` or a bare state dict, loaded with ``torch.load(weights_only=True)``),
+or a ``.safetensors`` file holding the generator state dict (recognised by its header, whatever
+the file name). Weight-norm parameters may be stored
 with the legacy names (``<m>.weight_g`` / ``<m>.weight_v``, as released) or with the
 parametrization names (``<m>.parametrizations.weight.original0/1``); they are renamed to whatever
 the model uses. Anything else that does not match raises :class:`CheckpointMismatchError` naming
@@ -10,8 +12,11 @@ the file and the missing / unexpected keys and shape mismatches.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -25,11 +30,34 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint's keys or shapes do not match the model built from the config."""
 
 
+def is_safetensors(path: str | os.PathLike) -> bool:
+    """True when ``path`` starts like a safetensors file (8-byte header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= os.path.getsize(path) - 8
+
+
+def _read_safetensors(path: str) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:
+        raise ImportError(f"{path}: reading .safetensors weights needs the safetensors package "
+                          "(pip install safetensors)") from exc
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # SafetensorError, truncated header, bad dtype ...
+        raise CheckpointMismatchError(f"{path}: cannot be read as a safetensors file ({exc})") from exc
+
+
 def read_generator_state(path: str | os.PathLike) -> dict:
-    """Read ``{'generator': sd}`` or a bare state dict from ``path`` (CPU tensors)."""
+    """Read ``{'generator': sd}``, a bare state dict or a safetensors file from ``path`` (CPU tensors)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors") or is_safetensors(path):
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
@@ -91,3 +119,58 @@ def load_state_strict(model: nn.Module, state: Mapping, source: str = "<state di
 def load_generator_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     """Read ``path`` and load it strictly into ``model`` (see module docstring)."""
     load_state_strict(model, read_generator_state(path), source=os.fspath(path))
+
+
+# ------------------------------------------------------------------------------------ writing
+def _atomic(path: Path, write) -> None:
+    """``write(tmp_path)`` then rename onto ``path``: a killed export never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _plain_state(state: Mapping) -> dict:
+    # safetensors refuses tensors that share memory and non-contiguous views: give each its own copy.
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state.items()}
+
+
+def save_generator_safetensors(state: Mapping, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write a generator state dict as safetensors (key names unchanged; see load_state_strict)."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "pt", "content": "xytok generator state_dict"}
+    meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    tensors = _plain_state(state)
+    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def save_generator_checkpoint(state: Mapping, path: str | os.PathLike) -> None:
+    """Write ``{'generator': state_dict}`` (the released pickle format) atomically."""
+    tensors = _plain_state(state)
+    _atomic(Path(path), lambda tmp: torch.save({"generator": tensors}, tmp))
+
+
+def write_codec_config(generator_params: Mapping, path: str | os.PathLike) -> None:
+    """config.yaml in the released layout: ``sample_rate`` + ``generator_params``."""
+    import copy
+
+    import yaml
+
+    params = copy.deepcopy(dict(generator_params))
+    conf = {"sample_rate": int(params.get("sample_rate", 16000)), "generator_params": params}
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            yaml.safe_dump(conf, f, sort_keys=False)
+
+    _atomic(Path(path), write)

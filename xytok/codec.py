@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from xytok.checkpoint import load_generator_checkpoint
+from xytok.checkpoint import CheckpointMismatchError, load_generator_checkpoint
 from xytok.frontend import HOP_LENGTH, N_FFT, N_MELS, N_SAMPLES_30S, log_mel
 from xytok.nn.decoder import AudioDecoder
 from xytok.nn.encoder import AudioEncoder
@@ -87,6 +87,18 @@ class XYTokenizer(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    # transformers-style entry points (MimiModel / DacModel shape); the work is in load_codec.
+    @classmethod
+    def from_pretrained(cls, name_or_dir, device="cpu", revision=None, cache_dir=None) -> "XYTokenizer":
+        """``load_codec(name_or_dir)``: a hub id or a directory (config + weights), in eval mode."""
+        return load_codec(name_or_dir, device=device, revision=revision, cache_dir=cache_dir)
+
+    def save_pretrained(self, out_dir, ckpt: bool = True):
+        """Write ``config.yaml`` + ``model.safetensors`` (+ released-format ``model.ckpt``) to ``out_dir``."""
+        from xytok.pretrained import save_pretrained
+
+        return save_pretrained(self, out_dir, ckpt=ckpt)
 
     # ------------------------------------------------------------------ differentiable blocks
     def wav_to_mel(self, wav: torch.Tensor, lengths: torch.Tensor, pad_to_30s: bool = False):
@@ -358,11 +370,36 @@ def build_codec(config) -> XYTokenizer:
     return XYTokenizer(_read_config(config))
 
 
-def load_codec(config, ckpt_path=None, device="cpu") -> XYTokenizer:
-    """Build the generator from a released-format YAML (path or dict) and load ``ckpt_path`` strictly.
+def load_codec(config, ckpt_path=None, device="cpu", revision=None, cache_dir=None) -> XYTokenizer:
+    """Build the generator and load its weights strictly; returned in eval mode on ``device``.
 
-    ``ckpt_path=None`` gives a random initialisation. The model is returned in eval mode on ``device``.
+    ``config`` is one of:
+      - a released-format YAML file or a dict (``generator_params``); ``ckpt_path`` (``.ckpt`` or
+        ``.safetensors``) is loaded into it, ``ckpt_path=None`` gives a random initialisation;
+      - a directory holding a config and weights (``config.yaml`` + ``model.safetensors`` /
+        ``model.ckpt``, the released ``xy_tokenizer.ckpt``, or a training exp dir's ``export/``);
+      - a Hugging Face hub id (``"fdugyt/XY_Tokenizer"``), optionally at ``revision``, fetched
+        through huggingface_hub's cache (``HF_HUB_OFFLINE=1`` reads only the cache).
+    See xytok.pretrained for the file names looked for.
     """
+    if isinstance(config, (str, os.PathLike)) and not os.path.isfile(os.path.expanduser(os.fspath(config))) \
+            and not os.fspath(config).endswith((".yaml", ".yml")):
+        from xytok.pretrained import resolve_codec_files
+
+        files = resolve_codec_files(config, ckpt_path=ckpt_path, revision=revision, cache_dir=cache_dir)
+        config, ckpt_path = files.config, files.weights
+        if files.bundled_config:  # a mismatch then means "not the released model": say which config
+            codec = build_codec(config)
+            try:
+                load_generator_checkpoint(codec, ckpt_path)
+            except CheckpointMismatchError as exc:
+                raise CheckpointMismatchError(
+                    f"{files.source}: no config file came with {ckpt_path}, so the released 16 kHz config "
+                    f"{config} was used, and the weights do not fit it; put the model's config.yaml "
+                    f"beside them.\n{exc}") from exc
+            return codec.to(device).eval()
+    elif revision is not None:
+        raise ValueError("revision= is for hub ids; give the config file and checkpoint without it")
     codec = build_codec(config)
     if ckpt_path is not None:
         load_generator_checkpoint(codec, ckpt_path)
