@@ -78,9 +78,15 @@ class CLIError(Exception):
 
 def add_model_args(parser) -> None:
     g = parser.add_argument_group("model")
+    g.add_argument("--model", metavar="ID_OR_DIR",
+                   help="Hugging Face hub id (e.g. fdugyt/XY_Tokenizer; cached, HF_HUB_OFFLINE=1 reads only "
+                   "the cache) or a directory holding config.yaml + model.safetensors/model.ckpt (also the "
+                   "released xy_tokenizer.ckpt, or a training exp dir)")
+    g.add_argument("--revision", help="with a hub --model: branch, tag or commit")
     g.add_argument("--config", help="model config YAML (released format, generator_params)")
     g.add_argument("--checkpoint", help="model checkpoint (.ckpt; {'generator': state_dict} or a bare state dict)")
     g.add_argument("--model_dir", help="shortcut for --config D/config.yaml --checkpoint D/model.ckpt "
+                   "(or D/model.safetensors) "
                    "(e.g. a training exp dir's export/ folder)")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (cuda if available)")
     g.add_argument("--num_threads", type=int, default=None,
@@ -99,13 +105,32 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def resolve_model_paths(args):
-    """(config, checkpoint) from --model_dir or --config/--checkpoint."""
+    """(config, checkpoint) from --model, --model_dir or --config/--checkpoint."""
     config, ckpt = args.config, args.checkpoint
+    model = getattr(args, "model", None)
+    if model and (args.model_dir or config):
+        raise CLIError("--model replaces --model_dir/--config: give one of them")
+    if getattr(args, "revision", None) and not model:
+        raise CLIError("--revision goes with a hub --model")
+    if model:
+        from xytok.pretrained import resolve_codec_files
+
+        try:
+            files = resolve_codec_files(model, ckpt_path=ckpt, revision=args.revision)
+        except ImportError as e:
+            raise CLIError(str(e))
+        except (OSError, ValueError) as e:  # not found / not cached / no config in the repo
+            raise CLIError(f"--model {model}: {e}")
+        config, ckpt = files.config, files.weights
     if args.model_dir:
         config = config or os.path.join(args.model_dir, "config.yaml")
-        ckpt = ckpt or os.path.join(args.model_dir, "model.ckpt")
+        if not ckpt:  # model.ckpt (released format) first, as before; a safetensors-only dir works too
+            ckpt = os.path.join(args.model_dir, "model.ckpt")
+            st = os.path.join(args.model_dir, "model.safetensors")
+            if not os.path.isfile(ckpt) and os.path.isfile(st):
+                ckpt = st
     if not config:
-        raise CLIError("no model given: use --config C --checkpoint K, or --model_dir D")
+        raise CLIError("no model given: use --model ID_OR_DIR, --config C --checkpoint K, or --model_dir D")
     if not ckpt:
         raise CLIError("no checkpoint given: use --checkpoint K (or --model_dir D)")
     for what, p in (("config", config), ("checkpoint", ckpt)):
@@ -159,7 +184,11 @@ def load_model(args):
         codec = load_codec(config, ckpt, device=str(device))
     except Exception as e:  # mismatched keys/shapes, bad YAML, unreadable checkpoint ...
         logger.debug("load_codec failed", exc_info=True)
-        raise CLIError(f"cannot load the model from config {config} and checkpoint {ckpt}:\n{e}")
+        from xytok.pretrained import RELEASED_CONFIG
+
+        note = (" (no config came with the weights, so the released 16 kHz config was used: put the "
+                "model's config.yaml beside them)") if config == str(RELEASED_CONFIG) else ""
+        raise CLIError(f"cannot load the model from config {config} and checkpoint {ckpt}{note}:\n{e}")
     codec.eval()
     logger.info("loaded model: config %s, checkpoint %s, device %s", config, ckpt, device)
     return codec, config, device

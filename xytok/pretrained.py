@@ -176,15 +176,24 @@ def resolve_codec_files(name_or_dir, ckpt_path=None, revision: Optional[str] = N
     return files
 
 
-def save_pretrained(codec, out_dir, ckpt: bool = True, metadata: Optional[dict] = None) -> Path:
-    """Write ``config.yaml`` + ``model.safetensors`` (+ ``model.ckpt``) for ``load_codec(out_dir)``."""
+def write_pretrained(state, generator_params, out_dir, ckpt: bool = True,
+                     metadata: Optional[dict] = None) -> Path:
+    """``model.safetensors`` (+ ``model.ckpt``) from a generator state dict, then ``config.yaml``.
+
+    The config is written last, so a directory with a config has its weights. Training exports
+    (xytok.train.stage1/stage2) and ``save_pretrained`` both use this.
+    """
     from xytok.checkpoint import save_generator_checkpoint, save_generator_safetensors, write_codec_config
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = codec.state_dict()
-    write_codec_config(codec.generator_params, out / "config.yaml")
     save_generator_safetensors(state, out / "model.safetensors", metadata=metadata)
     if ckpt:
         save_generator_checkpoint(state, out / "model.ckpt")
+    write_codec_config(generator_params, out / "config.yaml")
     return out
+
+
+def save_pretrained(codec, out_dir, ckpt: bool = True, metadata: Optional[dict] = None) -> Path:
+    """Write ``config.yaml`` + ``model.safetensors`` (+ ``model.ckpt``) for ``load_codec(out_dir)``."""
+    return write_pretrained(codec.state_dict(), codec.generator_params, out_dir, ckpt=ckpt, metadata=metadata)

@@ -16,7 +16,6 @@ from typing import Any, Dict, List
 
 import torch
 import torch.nn as nn
-import yaml
 
 from xytok.losses import MultiScaleMelLoss, feature_l1
 from xytok.train.distributed import local_rank_zero_first
@@ -225,15 +224,11 @@ class Stage1Task(Task):
 
     # -- export -------------------------------------------------------------------------------
     def export(self, ctx, out_dir: Path) -> None:
-        from xytok.train.checkpointing import atomic_torch_save
+        from xytok.pretrained import write_pretrained
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         codec = ctx.raw_models["stage1"].codec
-        with open(out_dir / "config.yaml", "w") as f:
-            yaml.safe_dump({"sample_rate": 16000, "generator_params": self.config["generator_params"]}, f, sort_keys=False)
-        atomic_torch_save({"generator": codec.state_dict()}, out_dir / "model.ckpt")
-        log.info("exported %s/config.yaml + model.ckpt (released format)", out_dir)
+        write_pretrained(codec.state_dict(), self.config["generator_params"], out_dir)
+        log.info("exported %s/config.yaml + model.safetensors + model.ckpt (released format)", out_dir)
 
 
 def _cer(refs: List[str], hyps: List[str]) -> float:

@@ -29,7 +29,6 @@ import yaml
 
 from xytok.gan import Discriminators, feature_matching_loss, get_adversarial_losses
 from xytok.losses import MultiScaleMelLoss
-from xytok.train.checkpointing import atomic_torch_save
 from xytok.train.task import Task
 
 log = logging.getLogger("xytok.train")
@@ -395,19 +394,14 @@ class Stage2Task(Task):
 
     # -- export -------------------------------------------------------------------------------
     def export(self, ctx, out_dir: Path) -> None:
-        """Released format: config.yaml (generator_params) + model.ckpt {'generator': state_dict}."""
+        """config.yaml (generator_params) + model.ckpt {'generator': state_dict} (released format)
+        + the same weights as model.safetensors."""
         export_codec(ctx.raw_models["generator"], self.generator_params, out_dir)
 
 
 def export_codec(codec: nn.Module, generator_params: Dict[str, Any], out_dir: Path) -> None:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in codec.state_dict().items()}
-    atomic_torch_save({"generator": state}, out_dir / "model.ckpt")
-    conf = {"sample_rate": int(generator_params.get("sample_rate", 16000)),
-            "generator_params": copy.deepcopy(generator_params)}
-    tmp = out_dir / ".config.yaml.tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(conf, f, sort_keys=False)
-    tmp.replace(out_dir / "config.yaml")
+    from xytok.pretrained import write_pretrained
+
+    state = codec.state_dict()
+    write_pretrained(state, generator_params, out_dir)  # config.yaml + model.safetensors + model.ckpt
     log.info("exported stage-2 codec to %s (%d tensors)", out_dir, len(state))
