@@ -7,6 +7,12 @@ IN:  an audio file (utt id = file stem), a directory of audio files (wav/flac/og
      file stem, sorted), or a Kaldi wav.scp (``uttid path`` / ``uttid cmd |``).
 OUT: ``codes.scp`` or ``codes.ark`` -> Kaldi ark+scp (float32 matrices (nq, T) of integer
      indices, see xytok.io_codes), or a directory -> ``<utt>.npy`` int64 (nq, T).
+     ``--format shards``: OUT is a token directory for LM training (xytok.tokens): uint16 codes
+     (2 bytes per code) in tar shards with a JSON index per shard (utt, frames, duration, and the
+     text / speaker of --text / --utt2spk); read it with ``xytok.tokens.read_shards(OUT)``.
+     Resumable (a re-run skips the utterances of finished shards) and splittable: job K of N
+     (``--job K --num_jobs N``, e.g. one per GPU) encodes every N-th utterance into OUT with
+     its own shard prefix.
 
 Audio is resampled to 16 kHz and downmixed to mono when needed (logged). Bad utterances
 (unreadable, empty, NaN/Inf, shorter than one code = 1280 samples) are skipped, the others are
@@ -34,7 +40,61 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", metavar="IN", help="audio file, directory of audio files, or wav.scp")
     parser.add_argument("output", metavar="OUT", help="codes .scp/.ark path (Kaldi) or output directory (npy)")
     add_model_args(parser)
+    g = parser.add_argument_group("output")
+    g.add_argument("--format", choices=FORMATS, default=None,
+                   help="ark (Kaldi ark+scp), npy (directory of <utt>.npy) or shards (token directory "
+                        "for LM training) [default: ark for a .scp/.ark OUT, else npy]")
+    g.add_argument("--text", help="shards: Kaldi text table (utt transcript) stored with the codes")
+    g.add_argument("--utt2spk", help="shards: Kaldi utt2spk table stored with the codes")
+    g.add_argument("--shard_size_mb", type=float, default=32.0,
+                   help="shards: codes per shard in MB (also what a killed run can lose) [default: %(default)s]")
+    g.add_argument("--job", type=int, default=1, help="shards: this job's number K in 1..N [default: 1]")
+    g.add_argument("--num_jobs", type=int, default=1,
+                   help="shards: N jobs share IN; job K encodes utterances K, K+N, K+2N, ... [default: 1]")
     return parser
+
+
+FORMATS = ("ark", "npy", "shards")
+
+
+def output_format(args) -> str:
+    """The output format from --format and OUT, refusing combinations that would surprise."""
+    from xytok.io_codes import is_kaldi_path
+
+    kaldi_out = is_kaldi_path(args.output)
+    fmt = args.format or ("ark" if kaldi_out else "npy")
+    if args.num_jobs < 1 or not 1 <= args.job <= args.num_jobs:
+        raise CLIError(f"need 1 <= --job <= --num_jobs, got --job {args.job} --num_jobs {args.num_jobs}")
+    if fmt == "ark" and not kaldi_out:
+        raise CLIError(f"--format ark needs OUT ending in .scp or .ark, got {args.output}")
+    if fmt in ("npy", "shards") and kaldi_out:
+        raise CLIError(f"--format {fmt} writes a directory, but OUT {args.output} ends in .scp/.ark")
+    if fmt != "shards":
+        given = [o for o, v in (("--text", args.text), ("--utt2spk", args.utt2spk)) if v]
+        if given or args.num_jobs != 1:
+            raise CLIError(f"{', '.join(given) or '--num_jobs'} only applies to --format shards")
+    if args.shard_size_mb <= 0:
+        raise CLIError(f"--shard_size_mb must be > 0, got {args.shard_size_mb}")
+    return fmt
+
+
+def _read_meta_tables(args, utts) -> dict:
+    """{"text": {utt: ...}, "speaker": {utt: ...}} from --text / --utt2spk, for the utterances in `utts`."""
+    from xytok.data.table import TableError, iter_table
+
+    tables = {}
+    for key, path in (("text", args.text), ("speaker", args.utt2spk)):
+        if not path:
+            continue
+        try:
+            tables[key] = {u: v for u, v, _ in iter_table(path, key_name="utterance id") if u in utts}
+        except TableError as e:
+            raise CLIError(str(e))
+        missing = [u for u in utts if u not in tables[key]]
+        if missing:
+            logger.warning("%s: no entry for %d of %d utterance(s) (e.g. %s): stored without %s",
+                           path, len(missing), len(utts), ", ".join(missing[:3]), key)
+    return tables
 
 
 def list_inputs(path: str) -> "OrderedDict[str, str]":
@@ -91,16 +151,41 @@ def _run(args) -> int:
     from xytok.audio import AudioError
     from xytok.io_codes import CodesError, CodesWriter
 
+    fmt = output_format(args)
     inputs = list_inputs(args.input)
+    items = list(inputs.items())
+    if args.num_jobs > 1:  # every N-th utterance: jobs get similar mixes of lengths
+        items = items[args.job - 1::args.num_jobs]
     codec, _, device = load_model(args)
-    logger.info("encoding %d utterance(s) from %s into %s", len(inputs), args.input, args.output)
+    meta_tables = {}
+    if fmt == "shards":
+        from xytok.tokens import TokenShardError, TokenShardWriter, make_info
+
+        meta_tables = _read_meta_tables(args, {u for u, _ in items})
+        info = make_info(codec.num_quantizers, codec.codebook_size,
+                         frame_rate=SAMPLE_RATE / SAMPLES_PER_CODE, sample_rate=SAMPLE_RATE)
+        prefix = "codes" if args.num_jobs == 1 else f"codes.{args.job}of{args.num_jobs}"
+        try:
+            writer = TokenShardWriter(args.output, info, prefix=prefix,
+                                      max_bytes=int(args.shard_size_mb * (1 << 20)))
+        except TokenShardError as e:
+            raise CLIError(str(e))
+        n_before = len(items)
+        items = [(u, e) for u, e in items if u not in writer.done]
+        if n_before > len(items):
+            logger.info("resuming: %d of %d utterance(s) are in finished shards of %s",
+                        n_before - len(items), n_before, args.output)
+        write_errors = (CodesError, TokenShardError)
+    else:
+        writer = CodesWriter(args.output)
+        write_errors = (CodesError,)
+    logger.info("encoding %d utterance(s) from %s into %s (%s)", len(items), args.input, args.output, fmt)
 
     failures: List[Tuple[str, str]] = []
     total_samples = 0
     n_written = 0
     start = time.time()
-    items = list(inputs.items())
-    with CodesWriter(args.output) as writer, \
+    with writer, \
             tqdm(total=len(items), unit="utt", desc="encode", disable=args.no_progress, file=sys.stderr) as bar:
         for i in range(0, len(items), args.batch_size):
             batch = []
@@ -117,8 +202,12 @@ def _run(args) -> int:
                     failures.append((utt, f"codec returned codes of shape {codes.shape}, expected (nq, {expected_t})"))
                     continue
                 try:
-                    writer.write(utt, codes)
-                except CodesError as e:
+                    if fmt == "shards":
+                        writer.write(utt, codes, duration=lengths[utt] / SAMPLE_RATE,
+                                     **{k: t.get(utt) for k, t in meta_tables.items()})
+                    else:
+                        writer.write(utt, codes)
+                except write_errors as e:
                     failures.append((utt, str(e)))
                     continue
                 n_written += 1
