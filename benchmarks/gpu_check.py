@@ -9,7 +9,9 @@ Parts (``--parts``, comma-separated, all by default):
               steady steps/s, hours of audio per GPU-hour, peak CUDA memory.
   tokenize    batched ``codec.encode`` of the paper architecture (random weights, k-means-initialised
               codebooks) in fp32 and under bf16 autocast: throughput (audio s per s) and the fraction
-              of identical codes per RVQ layer and overall.
+              of identical codes per RVQ layer and overall; batch invariance: the fraction of
+              identical codes, fp32 and bf16, of clips of mixed lengths encoded alone vs in one
+              padded batch.
 
 Every part has its own time limit; a failing part is reported in the summary with its error and
 the others still run; the exit status is 1 if any part failed. Results go to ``--out`` (default
@@ -425,6 +427,34 @@ def code_agreement(a: Sequence["torch.Tensor"], b: Sequence["torch.Tensor"]) -> 
             "all_layers": float(eq.all(0).float().mean()), "frames": int(eq.shape[1])}
 
 
+def mixed_lengths(wavs: Sequence["torch.Tensor"], step_frames: int = 3) -> List["torch.Tensor"]:
+    """Clip j cut by j * step_frames code frames (at least one frame left): lengths differ, and for
+    clips of a few seconds or more stay within the 75 % that fast-mode encode pads into one batch."""
+    out = []
+    for j, w in enumerate(wavs):
+        frames = w.numel() // CODE_HOP
+        out.append(w[: max(1, frames - j * step_frames) * CODE_HOP])
+    return out
+
+
+def batch_invariance(codec, wavs: Sequence["torch.Tensor"], dtype=None, mode: str = "fast") -> Dict[str, Any]:
+    """code_agreement of each clip encoded alone vs all clips in one padded batch (``dtype``: None for
+    fp32, else the autocast dtype on the codec's device)."""
+    import contextlib
+
+    import torch
+
+    dev = codec.device.type
+    ctx = (lambda: torch.autocast(dev, dtype=dtype)) if dtype is not None else contextlib.nullcontext
+    longest = max(w.numel() for w in wavs) / SAMPLE_RATE
+    with ctx():
+        batched = codec.encode(list(wavs), batch_size=len(wavs), mode=mode,
+                               max_batch_seconds=len(wavs) * max(30.0, longest) + 1)
+    with ctx():
+        alone = [codec.encode([w], mode=mode)[0] for w in wavs]
+    return code_agreement(alone, batched)
+
+
 def part_tokenize(args, work: Path, out: Path) -> Dict[str, Any]:
     import contextlib
 
@@ -480,12 +510,18 @@ def part_tokenize(args, work: Path, out: Path) -> Dict[str, Any]:
     c16, t16, m16 = timed(torch.bfloat16)
     agree = code_agreement(c32, c16)
     used = [int(torch.unique(torch.cat([c[q] for c in c32])).numel()) for q in range(codec.num_quantizers)]
+    mixed = mixed_lengths(wavs[: max(2, args.tok_invariance_clips)])
+    inv32 = batch_invariance(codec, mixed, None)
+    inv16 = batch_invariance(codec, mixed, torch.bfloat16)
     return {"clips": len(wavs), "clip_s": n / SAMPLE_RATE, "batch": args.tok_batch, "device": str(device),
             "fp32_audio_s_per_s": audio_s / t32, "bf16_audio_s_per_s": audio_s / t16,
             "bf16_speedup": t32 / t16, "fp32_peak_mem_gib": m32, "bf16_peak_mem_gib": m16,
             "identical_codes": agree["overall"], "identical_codes_per_layer": agree["per_layer"],
             "identical_all_layers": agree["all_layers"], "frames": agree["frames"],
-            "codes_used_per_layer_fp32": used, "codebook_size": codec.codebook_size}
+            "codes_used_per_layer_fp32": used, "codebook_size": codec.codebook_size,
+            "batch_invariance_clips": len(mixed), "batch_invariant_fp32": inv32["overall"],
+            "batch_invariant_bf16": inv16["overall"], "batch_invariant_bf16_per_layer": inv16["per_layer"],
+            "batch_invariant_fp32_per_layer": inv32["per_layer"]}
 
 
 # -- driver ------------------------------------------------------------------------------------------------
@@ -543,7 +579,8 @@ HEADLINE = {
     "paper_bf16": ["steps", "steps_per_s", "audio_s_per_step", "audio_h_per_gpu_h", "peak_mem_gib", "losses_finite",
                    "params_trainable_M", "params_frozen_M"],
     "tokenize": ["fp32_audio_s_per_s", "bf16_audio_s_per_s", "bf16_speedup", "identical_codes",
-                 "identical_codes_per_layer", "identical_all_layers", "fp32_peak_mem_gib", "bf16_peak_mem_gib"],
+                 "identical_codes_per_layer", "identical_all_layers", "fp32_peak_mem_gib", "bf16_peak_mem_gib",
+                 "batch_invariant_fp32", "batch_invariant_bf16", "batch_invariant_bf16_per_layer"],
 }
 
 
@@ -631,6 +668,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--tok_seconds", type=float, default=10.0)
     g.add_argument("--tok_batch", type=int, default=64, help="clips per model call")
     g.add_argument("--tok_reps", type=int, default=2, help="timed repetitions per dtype (best reported)")
+    g.add_argument("--tok_invariance_clips", type=int, default=8,
+                   help="clips of mixed lengths encoded alone vs batched (batch invariance) [default: %(default)s]")
     g.add_argument("--tok_limit", type=float, default=90, help="seconds [default: %(default)s]")
     return p
 
