@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -220,8 +221,18 @@ def _meta(codec, overlap_seconds: float) -> dict:
 
 def _export(module, example, dynamic_shapes, input_name, output_name, path):
     # The dynamo exporter (torch.export + onnxscript) is torch's default and handles these
-    # graphs; optimize=True folds the weight-norm / basis constants.
-    with torch.no_grad():
+    # graphs; optimize=True folds the weight-norm / basis constants. Its passes log every
+    # rewrite at INFO and torch warns about unrelated torchvision ops: keep that out of the
+    # user's log unless they asked for DEBUG.
+    quiet = not logger.isEnabledFor(logging.DEBUG)
+    for name in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):
+        if quiet and logging.getLogger(name).getEffectiveLevel() < logging.WARNING:
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if quiet:  # "torchvision is not installed. Skipping torchvision::nms" etc.
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        if quiet:
+            warnings.simplefilter("ignore")
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[input_name], output_names=[output_name],
                                     dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
