@@ -15,7 +15,8 @@
 #   8      detokenize                              xytok decode
 #   9      scoring + RESULTS.md                    xytok score, python -m xytok.bin.make_results
 #   10     text-alignment probe                    python -m xytok.bin.probe
-#   11     pack the model                          python -m xytok.bin.pack_model
+#   11     pack a hub-ready model folder           python -m xytok.bin.pack_model
+#   12     upload it (only with --hub_repo)        python -m xytok.bin.upload_model
 set -e
 set -u
 set -o pipefail
@@ -77,7 +78,9 @@ asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
 scoring_args=          # extra arguments for xytok score
 probe_args=            # extra arguments for the text-alignment probe (stage 10)
 probe_baseline=false   # stage 10 also probes a randomly initialised codec of the same config (control)
-pack_args=             # extra arguments for pack_model (stage 11)
+pack_args=             # extra arguments for pack_model (stage 11), e.g. "--license apache-2.0 --no_ckpt"
+hub_repo=              # ORG/NAME: stage 12 uploads the stage-11 folder there (empty: stage 12 does nothing)
+hub_private=false      # stage 12 creates a new hub repo as private
 
 # Data sets
 train_set=             # training set name (data/<train_set>)
@@ -387,7 +390,7 @@ resolve_model() {
     log "  model: $model_config + $model_ckpt (outputs under $model_exp/$inference_tag)"
 }
 
-if run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10 || run_stage 11; then
+if run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10 || run_stage 11 || { run_stage 12 && [ -n "$hub_repo" ]; }; then
     resolve_model
 fi
 if "$gpu_inference"; then _infer_cmd="${cuda_cmd} --gpu 1"; _device=cuda; else _infer_cmd="${decode_cmd}"; _device=cpu; fi
@@ -491,12 +494,26 @@ if run_stage 10; then
 fi
 
 if run_stage 11; then
-    log "Stage 11: pack the model -> ${model_exp}/packed"
-    # (H9 fix: pack_model's interface is --exp_dir <exp with export/> --out DIR|*.tar.gz [--results];
-    #  the old --config/--checkpoint/--output_dir call failed with "--out required")
+    log "Stage 11: pack a hub-ready model folder -> ${model_exp}/packed"
+    # The weights are those stages 7-10 used (model_config's dir); the exp's config.yaml, when there,
+    # becomes train_config.yaml. RESULTS.md (stage 9) goes into the model card.
+    _results=(); [ -f RESULTS.md ] && _results=(--results RESULTS.md)
+    _repo=(); [ -n "$hub_repo" ] && _repo=(--repo_id "$hub_repo")
     # shellcheck disable=SC2086
-    ${python} -m xytok.bin.pack_model --exp_dir "$model_exp" --out "$model_exp/packed" \
-        --results RESULTS.md ${pack_args}
+    ${python} -m xytok.bin.pack_model --exp_dir "$model_exp" --model_dir "$(dirname "$model_config")" \
+        --out "$model_exp/packed" ${_results[@]+"${_results[@]}"} ${_repo[@]+"${_repo[@]}"} ${pack_args}
+fi
+
+if run_stage 12; then
+    case $hub_private in true|false) ;; *) die "--hub_private must be true or false, got '$hub_private'" ;; esac
+    if [ -z "$hub_repo" ]; then
+        log "Stage 12: nothing uploaded: no --hub_repo ORG/NAME given (stage 11's folder stays local)"
+    else
+        log "Stage 12: upload ${model_exp}/packed -> https://huggingface.co/${hub_repo} (private=${hub_private})"
+        [ -f "$model_exp/packed/config.yaml" ] || die "$model_exp/packed/config.yaml not found: run stage 11 first"
+        _private=(); "$hub_private" && _private=(--private)
+        ${python} -m xytok.bin.upload_model --folder "$model_exp/packed" --repo_id "$hub_repo" ${_private[@]+"${_private[@]}"}
+    fi
 fi
 
 log "Successfully finished. [elapsed=${SECONDS}s]"
