@@ -16,6 +16,9 @@ EXTRAS = {
     ],
     # load_codec("org/name") / xytok encode --model org/name, and recipe stage 12 (upload).
     "hub": ["huggingface_hub>=0.23"],
+    # xytok export-onnx (torch's dynamo exporter needs onnx + onnxscript) and onnxruntime for
+    # xytok.onnx_runtime.OnnxCodec / the parity report.
+    "onnx": ["onnx>=1.17", "onnxruntime>=1.20", "onnxscript>=0.5"],
     "test": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})

@@ -124,9 +124,10 @@ def test_runtime_input_errors(onnx_codec):
 
 
 def test_parity_goal_miss_exits_1(export, tmp_path):
-    """The parity command fails when a clip misses the goal (here: an unreachable SNR)."""
+    """The parity command (model given as --model DIR) fails when a clip misses the goal (here:
+    an unreachable SNR)."""
     report = tmp_path / "p.json"
-    rc = onnx_parity.main(["--onnx_dir", str(export[0]), "--model_dir", str(TINY_A), "--seconds", "1",
+    rc = onnx_parity.main(["--onnx_dir", str(export[0]), "--model", str(TINY_A), "--seconds", "1",
                            "--min_snr_db", "1000", "--json", str(report)])
     assert rc == 1
     assert json.loads(report.read_text())["passed"] is False

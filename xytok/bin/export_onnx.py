@@ -1,6 +1,7 @@
 """Export the codec to ONNX: OUT_DIR/encoder.onnx, OUT_DIR/decoder.onnx, OUT_DIR/onnx_meta.json.
 
     xytok export-onnx --model_dir exp/x/export --out exp/x/onnx
+    xytok export-onnx --model fdugyt/XY_Tokenizer --out onnx/
     xytok export-onnx --config C --checkpoint K --out OUT_DIR --parity
 
 encoder.onnx: input  "wav"   float32 [1, N] at 16 kHz, 1280 <= N <= 480000 (one 30-s window)

@@ -38,7 +38,11 @@ def add_parity_args(parser, with_onnx_dir: bool) -> None:
 
 def add_model_source_args(parser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model_dir", help="directory with config.yaml and model.ckpt")
+    g.add_argument("--model", metavar="ID_OR_DIR",
+                   help="Hugging Face hub id (e.g. fdugyt/XY_Tokenizer; HF_HUB_OFFLINE=1 reads only the cache) "
+                   "or a directory holding config.yaml + model.safetensors/model.ckpt")
+    g.add_argument("--revision", help="with a hub --model: branch, tag or commit")
+    g.add_argument("--model_dir", help="directory with config.yaml and model.ckpt (or model.safetensors)")
     g.add_argument("--config", help="model config YAML (released format, generator_params)")
     g.add_argument("--checkpoint", help="model checkpoint (.ckpt)")
     g.add_argument("--num_threads", type=int, default=None,
@@ -48,7 +52,7 @@ def add_model_source_args(parser) -> None:
 
 
 def load_torch_codec(args):
-    """The PyTorch codec from --model_dir or --config/--checkpoint; errors name the files."""
+    """The PyTorch codec from --model, --model_dir or --config/--checkpoint; errors name the files."""
     from xytok.cli import resolve_model_paths
 
     if args.model_dir and not os.path.isdir(args.model_dir):
