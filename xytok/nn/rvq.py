@@ -142,6 +142,7 @@ class VectorQuantizer(nn.Module):
         self.epsilon = epsilon
         self.threshold_ema_dead_code = threshold_ema_dead_code
         self.dead_code_reference_frames = _check_reference_frames(dead_code_reference_frames)
+        self._step_frames: float | None = None  # valid frames of the last EMA step, all ranks
         self.kmeans_iters = kmeans_iters
         # Statistics of the micro-batches of the current accumulation window (never saved: the
         # trainer checkpoints only on optimizer-step boundaries, where they are empty).
@@ -204,7 +205,7 @@ class VectorQuantizer(nn.Module):
         if _dist_active():
             dist.all_reduce(counts)
             dist.all_reduce(sums)
-        self._step_frames = float(counts.sum().item())  # all ranks' valid frames this step
+        self._step_frames = float(counts.sum().item())  # all ranks' valid frames this step (for replace_dead_codes)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_avg.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         # Laplace smoothing keeps unused codes from dividing by zero.
@@ -239,16 +240,18 @@ class VectorQuantizer(nn.Module):
     def discard_pending(self) -> None:
         self._pending = None
 
-    def dead_threshold(self) -> float:
-        """EMA count below which a code is dead (see the module docstring)."""
+    def dead_threshold(self, frames: float | None = None) -> float:
+        """EMA count below which a code is dead (see the module docstring); `frames` = valid frames of
+        the step (default: the EMA of frames per step, an estimate used for statistics only)."""
         if self.dead_code_reference_frames is None:
             return float(self.threshold_ema_dead_code)
-        frames = getattr(self, "_step_frames", None)
-        if frames is None:  # no update yet (statistics only): the EMA is the best estimate
+        if frames is None:
             frames = float(self.cluster_size.sum().item())
         return float(self.threshold_ema_dead_code) * frames / self.dead_code_reference_frames
 
     def dead_mask(self) -> torch.Tensor:
+        """Codes below the threshold now (a statistic; from the module's state only, so it is the
+        same after a resume)."""
         if self.threshold_ema_dead_code <= 0:
             return torch.zeros_like(self.cluster_size, dtype=torch.bool)
         return self.cluster_size < self.dead_threshold()
@@ -258,7 +261,7 @@ class VectorQuantizer(nn.Module):
         """Codes whose EMA count fell below the threshold get random vectors of this batch."""
         if self.threshold_ema_dead_code <= 0:
             return 0
-        threshold = self.dead_threshold()
+        threshold = self.dead_threshold(self._step_frames)
         dead = self.cluster_size < threshold  # identical on all ranks
         num_dead = int(dead.sum().item())
         if num_dead == 0:
