@@ -236,12 +236,9 @@ def _export(module, example, dynamic_shapes, input_name, output_name, path):
         program = torch.onnx.export(module, (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[input_name], output_names=[output_name],
                                     dynamic_shapes=dynamic_shapes, optimize=True, verbose=False)
-    # One file when it fits in protobuf's 2 GB, else weights beside it (<name>.onnx.data).
-    program.save(path, external_data=_param_bytes(module) > 1.8e9)
-
-
-def _param_bytes(module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    # torch decides: one file for small models; for large ones (the released size) the weights go
+    # to <name>.onnx.data beside the graph (protobuf's 2 GB limit), which onnxruntime finds itself.
+    program.save(path)
 
 
 def export_onnx(codec, out_dir, overlap_seconds: float = 10.0) -> dict:
