@@ -18,7 +18,9 @@ pytest.importorskip("onnxscript", reason="the onnx extra is not installed (pip i
 from xytok.bin import onnx_parity  # noqa: E402
 from xytok.cli import main as xytok_main  # noqa: E402
 from xytok.codec import load_codec  # noqa: E402
-from xytok.onnx_export import snr_db, speech_like  # noqa: E402
+from xytok.frontend import log_mel  # noqa: E402
+from xytok.nn.vocos import ISTFT  # noqa: E402
+from xytok.onnx_export import ISTFTConv, LogMelDFT, snr_db, speech_like  # noqa: E402
 from xytok.onnx_runtime import OnnxCodec  # noqa: E402
 
 SECONDS = [1, 3, 10, 30, 60]
@@ -77,6 +79,27 @@ def test_parity_report_meets_goal(export):
         assert row["frames"] == int(row["seconds"] * 16000) // 1280
         assert row["codes_identical"] == 1.0, row
         assert row["snr_db"] == "inf" or row["snr_db"] >= 50.0, row
+
+
+@pytest.mark.parametrize("n", [1280, 16000 * 3 + 77, 479900, 480000])
+def test_dft_log_mel_matches_frontend(n):
+    """The export's conv-DFT log-mel = frontend.log_mel(pad_to_30s=False) up to FFT rounding
+    (the golden tests' feature tolerance)."""
+    wav = torch.from_numpy(speech_like(n / 16000, seed=n))[None]
+    ref, _ = log_mel(wav, pad_to_30s=False)
+    out = LogMelDFT()(wav)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=0, atol=5e-5)
+
+
+def test_conv_istft_matches_vocos_istft():
+    istft = ISTFT(640, 160)
+    g = torch.Generator().manual_seed(0)
+    spec = torch.complex(torch.randn(2, 321, 37, generator=g), torch.randn(2, 321, 37, generator=g))
+    ref = istft(spec)
+    out = ISTFTConv(istft.window, 640, 160)(spec.real, spec.imag)
+    assert out.shape == ref.shape == (2, 37 * 160)
+    np.testing.assert_allclose(out.numpy(), ref.numpy(), rtol=0, atol=1e-6 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("n", [1280, 1280 * 5 + 1000, 16000 * 7 + 3, 480000])

@@ -39,10 +39,12 @@ class OnnxCodec:
         self.window_codes = int(meta["window_codes"])
         overlap = meta.get("overlap_seconds", 10.0) if overlap_seconds is None else overlap_seconds
         if not 0 <= overlap < self.window_samples / self.sample_rate:
-            raise ValueError(f"overlap_seconds must be in [0, {self.window_samples / self.sample_rate:g}), got {overlap}")
+            raise ValueError(f"overlap_seconds must be in [0, {self.window_samples / self.sample_rate:g}), "
+                             f"got {overlap}")
         self.stride = round((self.window_samples / self.sample_rate - overlap) * self.sample_rate)
         if self.stride % self.hop:
-            raise ValueError(f"window - overlap_seconds must be a multiple of {self.hop} samples, got overlap {overlap}")
+            raise ValueError(f"window - overlap_seconds must be a multiple of {self.hop} samples, "
+                             f"got overlap {overlap}")
         self.keep = self.stride // self.hop
         opts = ort.SessionOptions()
         if num_threads:
