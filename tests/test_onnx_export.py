@@ -142,6 +142,10 @@ def test_runtime_input_errors(onnx_codec):
         onnx_codec.decode(np.full((4, 10), 64))
     with pytest.raises(ValueError, match=r"\(4, T\)"):
         onnx_codec.decode(np.zeros((8, 10), np.int64))
+    with pytest.raises(ValueError, match="use encode"):
+        onnx_codec.encode_window(np.zeros(480001, np.float32))
+    with pytest.raises(ValueError, match="use decode"):
+        onnx_codec.decode_window(np.zeros((4, 376), np.int64))
     with pytest.raises(FileNotFoundError, match="onnx_meta.json"):
         OnnxCodec(TINY_A)
 
@@ -175,4 +179,9 @@ def test_bad_model_dir(tmp_path, caplog):
     empty.mkdir()
     assert xytok_main(["export-onnx", "--model_dir", str(empty), "--out", str(tmp_path / "o")]) == 1
     assert str(empty / "config.yaml") in caplog.text
+    bad_wav = tmp_path / "bad.wav"
+    bad_wav.write_bytes(b"not audio")
+    assert xytok_main(["export-onnx", "--model_dir", str(TINY_A), "--out", str(tmp_path / "o"),
+                       "--parity", "--wavs", str(bad_wav)]) == 1
+    assert str(bad_wav) in caplog.text
     assert not (tmp_path / "o").exists()

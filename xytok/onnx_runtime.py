@@ -61,10 +61,16 @@ class OnnxCodec:
 
     def encode_window(self, wav: np.ndarray) -> np.ndarray:
         """One window: (N,) with hop <= N <= window_samples -> (nq, N // hop) int64."""
+        if not self.hop <= len(wav) <= self.window_samples:  # the graph crops anything longer
+            raise ValueError(f"one encoder call takes {self.hop}..{self.window_samples} samples, got {len(wav)} "
+                             "(use encode() for longer audio)")
         return self.encoder.run(["codes"], {"wav": np.ascontiguousarray(wav, dtype=np.float32)[None]})[0]
 
     def decode_window(self, codes: np.ndarray) -> np.ndarray:
         """One window: (nq, T) with 1 <= T <= window_codes -> (hop T,) float32."""
+        if not 1 <= codes.shape[1] <= self.window_codes:
+            raise ValueError(f"one decoder call takes 1..{self.window_codes} code frames, got {codes.shape[1]} "
+                             "(use decode() for longer inputs)")
         return self.decoder.run(["wav"], {"codes": np.ascontiguousarray(codes, dtype=np.int64)})[0][0]
 
     def encode(self, wav) -> np.ndarray:

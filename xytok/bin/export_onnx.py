@@ -25,7 +25,8 @@ import sys
 import time
 from typing import List, Optional
 
-from xytok.bin.onnx_parity import add_model_source_args, add_parity_args, load_torch_codec, run_parity
+from xytok.bin.onnx_parity import (add_model_source_args, add_parity_args, gather_clips, load_torch_codec,
+                                   run_parity)
 from xytok.cli import CLIError, logger, run_main, setup_logging
 
 
@@ -44,6 +45,8 @@ def get_parser() -> argparse.ArgumentParser:
 def _body(args) -> int:
     if not 0 <= args.overlap_seconds < 30:
         raise CLIError("--overlap_seconds must be in [0, 30)")
+    # read the parity clips first: a bad --wavs file fails before minutes of export
+    clips = gather_clips(args.seconds, args.wavs) if args.parity else None
     codec = load_torch_codec(args)
     for mod in ("onnx", "onnxscript"):  # the dynamo exporter needs both; say so before tracing
         try:
@@ -63,7 +66,7 @@ def _body(args) -> int:
                 ", ".join(f"{f} ({mb:.1f} MB)" for f, mb in sizes.items()), args.out,
                 time.time() - t0, meta["num_quantizers"], meta["codebook_size"], meta["opset"])
     if args.parity:
-        return run_parity(codec, args.out, args)
+        return run_parity(codec, args.out, args, clips)
     return 0
 
 

@@ -82,19 +82,26 @@ def gather_clips(seconds, wavs) -> list:
             raise CLIError(f"--seconds {s}: clips must be >= 0.08 s (one code frame)")
         clips.append((f"speech_like_{s:g}s", speech_like(s, seed=i)))
     for path in wavs:
-        wav, _ = load_audio(path)  # AudioError names the file
+        try:
+            wav, _ = load_audio(path)
+        except ValueError as e:  # AudioError: names the file
+            raise CLIError(f"--wavs: {e}")
+        if wav.size < 1280:
+            raise CLIError(f"--wavs {path}: {wav.size} samples is shorter than one code frame (1280)")
         clips.append((os.path.basename(path), wav))
     if not clips:
         raise CLIError("no clips: give --seconds and/or --wavs")
     return clips
 
 
-def run_parity(codec, onnx_dir: str, args) -> int:
-    """Parity table + JSON for ``codec`` vs the export in ``onnx_dir``; returns the exit status."""
+def run_parity(codec, onnx_dir: str, args, clips=None) -> int:
+    """Parity table + JSON for ``codec`` vs the export in ``onnx_dir``; returns the exit status.
+    ``clips``: [(name, wav)] (default: gathered from --seconds / --wavs)."""
     from xytok.onnx_export import format_parity, parity
     from xytok.onnx_runtime import OnnxCodec
 
-    clips = gather_clips(args.seconds, args.wavs)
+    if clips is None:
+        clips = gather_clips(args.seconds, args.wavs)
     try:
         onnx_codec = OnnxCodec(onnx_dir, num_threads=args.num_threads, overlap_seconds=args.overlap_seconds)
     except (FileNotFoundError, ValueError) as e:
