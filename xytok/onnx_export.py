@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xytok.frontend import HOP_LENGTH, N_FFT, N_SAMPLES_30S, mel_filters
+from xytok.frontend import BOUNDARY_FRAMES, HOP_LENGTH, N_FFT, N_SAMPLES_30S, mel_filters
 from xytok.nn.rvq import _nearest
 
 logger = logging.getLogger(__name__)
@@ -47,8 +47,6 @@ OPSET = 18
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 META_FILE = "onnx_meta.json"
-# Frames past ceil(N/160) that can hold signal (frontend.BOUNDARY_FRAMES): the fast path's buffer.
-_BOUNDARY_FRAMES = 2
 
 
 class LogMelDFT(nn.Module):
@@ -71,8 +69,8 @@ class LogMelDFT(nn.Module):
         n = wav.shape[1]
         # Buffer of ceil(N/160) + 2 frames (capped at 30 s) zero-padded past the signal: padding by
         # a fixed amount then slicing keeps the graph free of shape-dependent padding.
-        buf_len = ((n + HOP_LENGTH - 1) // HOP_LENGTH + _BOUNDARY_FRAMES) * HOP_LENGTH
-        buf = F.pad(wav, (0, (_BOUNDARY_FRAMES + 1) * HOP_LENGTH))[:, :buf_len][:, :N_SAMPLES_30S]
+        buf_len = ((n + HOP_LENGTH - 1) // HOP_LENGTH + BOUNDARY_FRAMES) * HOP_LENGTH
+        buf = F.pad(wav, (0, (BOUNDARY_FRAMES + 1) * HOP_LENGTH))[:, :buf_len][:, :N_SAMPLES_30S]
         # centred STFT with reflect padding, as torch.stft(center=True, pad_mode="reflect")
         framed = F.pad(buf[:, None, :], (N_FFT // 2, N_FFT // 2), mode="reflect")
         spec = F.conv1d(framed, self.dft, stride=HOP_LENGTH)[:, :, :-1]  # drop the last frame (official)
