@@ -122,7 +122,7 @@ def load_generator_checkpoint(model: nn.Module, path: str | os.PathLike) -> None
 
 
 # ------------------------------------------------------------------------------------ writing
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """``write(tmp_path)`` then rename onto ``path``: a killed export never leaves a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -151,13 +151,13 @@ def save_generator_safetensors(state: Mapping, path: str | os.PathLike, metadata
     meta = {"format": "pt", "content": "xytok generator state_dict"}
     meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
     tensors = _plain_state(state)
-    _atomic(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def save_generator_checkpoint(state: Mapping, path: str | os.PathLike) -> None:
     """Write ``{'generator': state_dict}`` (the released pickle format) atomically."""
     tensors = _plain_state(state)
-    _atomic(Path(path), lambda tmp: torch.save({"generator": tensors}, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save({"generator": tensors}, tmp))
 
 
 def write_codec_config(generator_params: Mapping, path: str | os.PathLike) -> None:
@@ -173,4 +173,4 @@ def write_codec_config(generator_params: Mapping, path: str | os.PathLike) -> No
         with open(tmp, "w") as f:
             yaml.safe_dump(conf, f, sort_keys=False)
 
-    _atomic(Path(path), write)
+    atomic_write(Path(path), write)

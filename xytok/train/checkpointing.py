@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from xytok.checkpoint import atomic_write
+
 log = logging.getLogger("xytok.train")
 
 CHECKPOINT = "checkpoint.pth"
@@ -31,19 +33,7 @@ _SNAPSHOT_RE = re.compile(r"^step(\d+)\.pth$")
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temp file next to `path`, fsync, then os.replace (never a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def save_training_checkpoint(state: Dict[str, Any], exp_dir: Path) -> Path:
