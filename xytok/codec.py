@@ -18,6 +18,7 @@ Two levels of API:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import defaultdict
 
@@ -85,6 +86,26 @@ class XYTokenizer(nn.Module):
         return self.quantizer.codebook_size
 
     @property
+    def frame_rate(self) -> float:
+        """Code frames per second (12.5 for the released 16 kHz model)."""
+        return self.sample_rate / self.code_hop
+
+    def bitrate(self, num_quantizers: int | None = None) -> float:
+        """Bits per second of ``num_quantizers`` code layers (default all): n * log2(codebook) * frame rate."""
+        n = self._num_layers(num_quantizers)
+        return n * math.log2(self.codebook_size) * self.frame_rate
+
+    def _num_layers(self, num_quantizers: int | None) -> int:
+        """``num_quantizers`` checked against the model (None = all layers)."""
+        if num_quantizers is None:
+            return self.num_quantizers
+        if isinstance(num_quantizers, bool) or not isinstance(num_quantizers, (int, np.integer)) \
+                or not 1 <= num_quantizers <= self.num_quantizers:
+            raise ValueError(f"num_quantizers must be an integer in [1, {self.num_quantizers}] "
+                             f"(the model's RVQ layers), got {num_quantizers!r}")
+        return int(num_quantizers)
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -134,8 +155,19 @@ class XYTokenizer(nn.Module):
             "commit_loss": commit_loss, "quantizer_stats": stats,
         }
 
-    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes (nq, B, T) -> zq (B, 4D, T): sum of codewords, then output_proj (no mask)."""
+    def decode_codes(self, codes: torch.Tensor, num_quantizers: int | None = None) -> torch.Tensor:
+        """codes (nq', B, T) -> zq (B, 4D, T): sum of codewords, then output_proj (no mask).
+
+        ``num_quantizers`` = n uses only the first n layers (codes are cut to n rows; fewer than n
+        is an error): the residual VQ's coarse-to-fine reconstruction, the same sum that training
+        with quantizer dropout decodes for an item given n layers. Default: every row given.
+        """
+        if num_quantizers is not None:
+            n = self._num_layers(num_quantizers)
+            if codes.dim() != 3 or codes.shape[0] < n:
+                raise ValueError(f"decode_codes: num_quantizers={n} needs codes (>= {n}, B, T), "
+                                 f"got {tuple(codes.shape)}")
+            codes = codes[:n]
         return self.quantizer.decode_codes(codes)
 
     def detokenize_from_zq(self, zq: torch.Tensor, codes_lengths: torch.Tensor) -> dict:
@@ -154,9 +186,12 @@ class XYTokenizer(nn.Module):
         return {"post_rvq": post, "upsampled": up, "mel_out": feats, "mel_out_lengths": feat_lengths,
                 "wav": wav[:, 0], "wav_lengths": wav_lengths}
 
-    def detokenize(self, codes: torch.Tensor, codes_lengths: torch.Tensor) -> dict:
-        """Official ``inference_detokenize``: codes (nq, B, T) -> detokenize_from_zq(decode_codes)."""
-        return self.detokenize_from_zq(self.decode_codes(codes), codes_lengths)
+    def detokenize(self, codes: torch.Tensor, codes_lengths: torch.Tensor,
+                   num_quantizers: int | None = None) -> dict:
+        """Official ``inference_detokenize``: codes (nq, B, T) -> detokenize_from_zq(decode_codes).
+
+        ``num_quantizers``: decode from the first n code layers only (see ``decode_codes``)."""
+        return self.detokenize_from_zq(self.decode_codes(codes, num_quantizers), codes_lengths)
 
     # ------------------------------------------------------------------ input checks
     def _check_wavs(self, wavs) -> list:
@@ -177,7 +212,9 @@ class XYTokenizer(nn.Module):
             out.append(w.to(torch.float32))
         return out
 
-    def _check_codes(self, codes_list) -> list:
+    def _check_codes(self, codes_list, num_quantizers: int | None = None) -> list:
+        """Checked (n, T) long codes per item: rows n..nq are accepted and cut to the first n."""
+        n = self._num_layers(num_quantizers)
         if torch.is_tensor(codes_list) or isinstance(codes_list, np.ndarray):
             raise TypeError("decode() takes a list of (nq, T) code tensors, not a single tensor/array")
         out = []
@@ -187,16 +224,19 @@ class XYTokenizer(nn.Module):
                 raise ValueError(f"item {i}: codes must be (nq, T), got shape {tuple(c.shape)}")
             if c.is_floating_point() or c.is_complex() or c.dtype == torch.bool:
                 raise ValueError(f"item {i}: codes must be integers, got dtype {c.dtype}")
-            if c.shape[0] != self.num_quantizers:
+            if c.shape[0] > self.num_quantizers or c.shape[0] < n:
+                want = f"{self.num_quantizers}" if n == self.num_quantizers else \
+                    f"{n}..{self.num_quantizers} (num_quantizers={n})"
                 raise ValueError(f"item {i}: codes have {c.shape[0]} quantizer rows, the model has "
-                                 f"{self.num_quantizers} (expected shape (nq, T), got {tuple(c.shape)})")
+                                 f"{self.num_quantizers}; decoding needs {want} "
+                                 f"(expected shape (nq, T), got {tuple(c.shape)})")
             if c.shape[1] == 0:
                 raise ValueError(f"item {i}: 0 code frames")
             lo, hi = int(c.min()), int(c.max())
             if lo < 0 or hi >= self.codebook_size:
                 raise ValueError(f"item {i}: code values must be in [0, {self.codebook_size}), "
                                  f"got range [{lo}, {hi}]")
-            out.append(c.long())
+            out.append(c[:n].long())
         return out
 
     def _chunking(self, overlap_seconds: float):
@@ -271,8 +311,11 @@ class XYTokenizer(nn.Module):
 
     @torch.no_grad()
     def decode(self, codes_list, overlap_seconds: float = 10, batch_size: int = 8, mode: str = "fast",
-               progress=None, max_batch_seconds: float = 60.0) -> list:
+               progress=None, max_batch_seconds: float = 60.0, num_quantizers: int | None = None) -> list:
         """list of LongTensor (nq, T_i) -> list of 1-D float tensors of 1280*T_i samples (16 kHz).
+
+        ``num_quantizers`` = n in [1, nq] decodes from the first n RVQ layers only (a lower bit
+        rate, ``bitrate(n)``): items may hold n..nq rows and are cut to n. Default: all nq layers.
 
         Chunking as the released ``decode``: chunk k covers codes [k*keep, k*keep + 375), keep =
         stride/1280 (250 for overlap 10); the first keep*1280 samples of each chunk are kept and
@@ -281,12 +324,12 @@ class XYTokenizer(nn.Module):
         depend on the rest of the batch. mode="padded" is the official batch decode (items padded
         to the longest one, whose padding leaks into the last ~0.1 s of shorter items).
 
-        Raises ValueError naming the item for: not (nq, T), wrong nq, non-integer, out-of-range
-        codes, T = 0.
+        Raises ValueError naming the item for: not (nq, T), wrong nq (fewer rows than n, more than
+        the model's), non-integer, out-of-range codes, T = 0; and for n outside [1, nq].
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        codes_list = self._check_codes(codes_list)
+        codes_list = self._check_codes(codes_list, num_quantizers)
         _, keep = self._chunking(overlap_seconds)
         if mode == "padded":
             return self._decode_padded(codes_list, keep, batch_size, progress)
@@ -325,7 +368,7 @@ class XYTokenizer(nn.Module):
             items = codes_list[b0: b0 + batch_size]
             lens = torch.tensor([c.shape[1] for c in items])
             t_max = int(lens.max())
-            padded = torch.zeros(self.num_quantizers, len(items), t_max, dtype=torch.long)
+            padded = torch.zeros(items[0].shape[0], len(items), t_max, dtype=torch.long)
             for j, c in enumerate(items):
                 padded[:, j, : c.shape[1]] = c
             k = 0

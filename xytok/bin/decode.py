@@ -8,6 +8,9 @@ IN:      codes as written by ``xytok encode``: a ``.scp``/``.ark`` file or a dir
 OUT_DIR: receives ``<utt>.wav`` (16 kHz, 16-bit PCM, 1280*T samples) and ``wav.scp``
          (``uttid OUT_DIR/uttid.wav``, LC_ALL=C sorted, successful utterances only).
 
+--num_quantizers N decodes from the first N RVQ layers only (a lower bit rate, logged:
+N * log2(codebook size) * 12.5 bps); codes may then hold N..nq rows. Default: all layers.
+
 Utterances whose codes are unreadable, have the wrong number of quantizers, or hold indices
 outside the codebook are skipped with a per-utterance error; the rest are written and the
 failures are listed at the end with exit status 1.
@@ -36,16 +39,32 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", metavar="OUT_DIR", help="output directory for <utt>.wav and wav.scp")
     add_model_args(parser)
     parser.add_argument("--subtype", default="PCM_16", help="soundfile subtype of the output wavs (PCM_16, FLOAT, ...)")
+    parser.add_argument("--num_quantizers", type=_positive_int, default=None, metavar="N",
+                        help="decode from the first N RVQ layers (1..nq; default: all)")
     return parser
 
 
-def check_codes(codes, num_quantizers: int, codebook_size: int) -> str:
-    """Empty string if the (nq, T) codes can be decoded by this model, else the reason."""
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def check_codes(codes, num_quantizers: int, codebook_size: int, use_quantizers: int | None = None) -> str:
+    """Empty string if the (nq, T) codes can be decoded by this model, else the reason.
+
+    ``use_quantizers`` = n: only the first n rows are decoded, so n..num_quantizers rows are fine."""
     if codes.ndim != 2:
         return f"codes must be (nq, T), got shape {tuple(codes.shape)}"
     nq, t = codes.shape
-    if nq != num_quantizers:
-        return f"wrong number of quantizers: codes have nq={nq}, the model has {num_quantizers}"
+    need = num_quantizers if use_quantizers is None else use_quantizers
+    if not need <= nq <= num_quantizers:
+        rows = f"{num_quantizers}" if need == num_quantizers else f"{need}..{num_quantizers} (--num_quantizers {need})"
+        return f"wrong number of quantizers: codes have nq={nq}, the model has {num_quantizers}, decoding needs {rows}"
     if t == 0:
         return "no frames (T=0)"
     lo, hi = int(codes.min()), int(codes.max())
@@ -54,19 +73,21 @@ def check_codes(codes, num_quantizers: int, codebook_size: int) -> str:
     return ""
 
 
-def _decode_group(codec, codes_list, device, overlap_seconds):
+def _decode_group(codec, codes_list, device, overlap_seconds, num_quantizers=None):
     import torch
 
     tensors = [torch.from_numpy(c).long().to(device) for c in codes_list]
     with torch.inference_mode():
         # one model call per group; the codec batches its 30-s chunks up to len(tensors)
-        return codec.decode(tensors, overlap_seconds=overlap_seconds, batch_size=len(tensors))
+        return codec.decode(tensors, overlap_seconds=overlap_seconds, batch_size=len(tensors),
+                            num_quantizers=num_quantizers)
 
 
-def decode_batch(codec, batch, device, overlap_seconds, failures):
+def decode_batch(codec, batch, device, overlap_seconds, failures, num_quantizers=None):
     """Decode (utt, input) pairs, isolating the utterance that makes a batch fail."""
     return run_isolating_failures(
-        lambda items: _decode_group(codec, items, device, overlap_seconds), batch, "decoding", failures, logger)
+        lambda items: _decode_group(codec, items, device, overlap_seconds, num_quantizers),
+        batch, "decoding", failures, logger)
 
 
 def _run(args) -> int:
@@ -85,8 +106,14 @@ def _run(args) -> int:
         raise CLIError(f"{args.input}: no utterances found")
     codec, config, device = load_model(args)
     num_quantizers, codebook_size = quantizer_shape(config)
+    use = args.num_quantizers
+    if use is not None and use > num_quantizers:
+        raise CLIError(f"--num_quantizers {use}: the model has {num_quantizers} RVQ layers (use 1..{num_quantizers})")
+    n_used = num_quantizers if use is None else use
     os.makedirs(args.output_dir, exist_ok=True)
     logger.info("decoding %d utterance(s) from %s into %s", len(reader), args.input, args.output_dir)
+    logger.info("decoding from %d of %d RVQ layers: %g bps (%d x log2(%d) bits x %g Hz)", n_used,
+                num_quantizers, codec.bitrate(n_used), n_used, codebook_size, codec.frame_rate)
 
     failures: List[Tuple[str, str]] = []
     written = {}
@@ -102,7 +129,7 @@ def _run(args) -> int:
                 except CodesError as e:
                     failures.append((utt, str(e)))
                     continue
-                reason = check_codes(codes, num_quantizers, codebook_size)
+                reason = check_codes(codes, num_quantizers, codebook_size, use)
                 if reason:
                     failures.append((utt, f"{args.input}: {reason}"))
                     continue
@@ -111,7 +138,7 @@ def _run(args) -> int:
                     continue
                 batch.append((utt, codes))
             expected = {u: c.shape[1] * SAMPLES_PER_CODE for u, c in batch}
-            for utt, wav in decode_batch(codec, batch, device, args.overlap_seconds, failures):
+            for utt, wav in decode_batch(codec, batch, device, args.overlap_seconds, failures, use):
                 wav = wav.detach().float().cpu().reshape(-1).numpy()
                 if wav.shape[0] != expected[utt]:
                     failures.append((utt, f"codec returned {wav.shape[0]} samples, expected {expected[utt]}"))
