@@ -28,6 +28,7 @@ import torch.nn as nn
 import yaml
 
 from xytok.gan import Discriminators, feature_matching_loss, get_adversarial_losses
+from xytok.gan.losses import check_reduction
 from xytok.losses import MultiScaleMelLoss
 from xytok.train.task import Task
 
@@ -150,6 +151,9 @@ class Stage2Task(Task):
         },
         "loss": {
             "adversarial": "lsgan",  # lsgan | hinge
+            # sum | mean over sub-discriminators (and FM layers), see xytok.gan.losses: sum is
+            # HiFi-GAN's / DAC's, which the weights below come from; mean is K times weaker.
+            "gan_reduction": "sum",
             "mel_weight": 15.0,
             "adv_weight": 1.0,
             "feat_match_weight": 2.0,
@@ -170,6 +174,9 @@ class Stage2Task(Task):
         self.loss_conf = config.get("loss", {})
         adv = self.loss_conf.get("adversarial", "lsgan")
         self.d_loss_fn, self.g_loss_fn = get_adversarial_losses(adv)
+        self.gan_reduction = check_reduction(self.loss_conf.get("gan_reduction", "sum"))
+        log.info("stage 2: %s adversarial + feature-matching losses, %s over sub-discriminators "
+                 "(loss.gan_reduction)", adv, self.gan_reduction)
         res = self.loss_conf.get("mel_resolutions")
         self.mel_loss = MultiScaleMelLoss(res) if res else MultiScaleMelLoss()
         self.disc_start_step = int(config.get("disc_start_step", 0))
@@ -307,7 +314,7 @@ class Stage2Task(Task):
                 logits, _ = disc(torch.cat([wav_d, wav_hat_d.detach()], dim=0))
             real_logits = [lg[:batch_size] for lg in logits]
             fake_logits = [lg[batch_size:] for lg in logits]
-            loss_d = self.d_loss_fn(real_logits, fake_logits)
+            loss_d = self.d_loss_fn(real_logits, fake_logits, reduction=self.gan_reduction)
             ctx.backward(loss_d, ["discriminator"])
             ctx.optimizer_step("discriminator")
             values["loss_d"] = loss_d.item()
@@ -326,8 +333,8 @@ class Stage2Task(Task):
                     with torch.no_grad():
                         _, real_fmaps = disc_raw(wav_d)
                     fake_logits, fake_fmaps = disc_raw(wav_hat_d)
-                loss_adv = self.g_loss_fn(fake_logits)
-                loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+                loss_adv = self.g_loss_fn(fake_logits, reduction=self.gan_reduction)
+                loss_fm = feature_matching_loss(real_fmaps, fake_fmaps, reduction=self.gan_reduction)
             finally:
                 disc_raw.requires_grad_(True)
             loss_g = (loss_g + float(self.loss_conf.get("adv_weight", 1.0)) * loss_adv
@@ -350,8 +357,9 @@ class Stage2Task(Task):
         if self.disc_start_step <= ctx.step:
             logits, _ = ctx.raw_models["discriminator"](torch.cat([wav, wav_hat], dim=0))
             b = wav.shape[0]
-            values["loss_d"] = self.d_loss_fn([lg[:b] for lg in logits], [lg[b:] for lg in logits]).item()
-            values["loss_adv"] = self.g_loss_fn([lg[b:] for lg in logits]).item()
+            values["loss_d"] = self.d_loss_fn([lg[:b] for lg in logits], [lg[b:] for lg in logits],
+                                              reduction=self.gan_reduction).item()
+            values["loss_adv"] = self.g_loss_fn([lg[b:] for lg in logits], reduction=self.gan_reduction).item()
         return values
 
     @torch.no_grad()
