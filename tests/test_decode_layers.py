@@ -124,3 +124,74 @@ def test_cli_num_quantizers(tmp_path, short, caplog):
     assert "--num_quantizers 5: the model has 4 RVQ layers" in caplog.text
     with pytest.raises(SystemExit):  # argparse: not a positive integer
         decode_bin.main(common + ["--num_quantizers", "0", str(tmp_path / "codes.scp"), str(tmp_path / "x")])
+
+
+def _summary(pesq):
+    return {"n_utts": 2, "metrics": {"pesq_wb": {"mean": pesq, "ci95": [pesq - 0.1, pesq + 0.1],
+                                                 "n_scored": 2, "n_failed": 0}}}
+
+
+def test_results_one_row_per_num_quantizers(tmp_path):
+    """make_results: score/ (all layers) and score_nq<n>/ (recipe --decode_num_quantizers) each give
+    a row with the bit rate of the layers decoded; the probe WER only on the all-layer row."""
+    import json
+
+    from xytok.bin.make_results import main as make_main
+
+    exp = tmp_path / "exp" / "tiny"
+    (exp / "export").mkdir(parents=True)
+    (exp / "export" / "config.yaml").write_text((TINY_A / "config.yaml").read_text())
+    (exp / "probe").mkdir()
+    (exp / "probe" / "probe.json").write_text(json.dumps({"wer": 0.5, "wer_counts": {"kaldi": "%WER 50"}}))
+    for sub, pesq in (("score_nq4", 2.5), ("score_nq2", 1.7), ("score_nq1", 1.2)):
+        (exp / "decode" / "test" / sub).mkdir(parents=True)
+        (exp / "decode" / "test" / sub / "summary.json").write_text(json.dumps(_summary(pesq)))
+    (exp / "decode" / "test" / "score_nq9").mkdir()  # more layers than the model: skipped
+    (exp / "decode" / "test" / "score_nq9" / "summary.json").write_text(json.dumps(_summary(0.0)))
+    assert make_main(["--recipe_dir", str(tmp_path), "--exp_dir", str(exp / "decode"), "--no_plots"]) == 0
+    md = (tmp_path / "RESULTS.md").read_text()
+    rows = {ln.split("|")[1].strip(): [c.strip() for c in ln.strip("|").split("|")]
+            for ln in md.splitlines() if ln.startswith("| tiny")}
+    assert list(rows) == ["tiny, nq=4", "tiny, nq=2", "tiny, nq=1"]
+    assert rows["tiny, nq=4"][1:4] == ["300", "12.5", "0.50"]   # 4 x 6 bits x 12.5 Hz; probe WER
+    assert rows["tiny, nq=2"][1:4] == ["150", "12.5", "—"]      # probe ran on the full codes only
+    assert rows["tiny, nq=1"][1] == "75" and rows["tiny, nq=1"][-3] == "1.20"  # PESQ-WB of its own dir
+    assert "nq=9" not in md
+
+
+def test_recipe_stages_8_9_per_num_quantizers(tmp_path):
+    """egs/TEMPLATE/xytok.sh stages 7-9 with --decode_num_quantizers "4 2" on the golden model:
+    one wav_nq<n>/ and score_nq<n>/ per n, and one RESULTS.md row each with its BPS."""
+    import shutil
+
+    from recipe_helpers import make_recipe, run
+
+    rdir = make_recipe(tmp_path, "mini")
+    model = rdir / "golden" / "export"
+    model.mkdir(parents=True)
+    for f in ("config.yaml", "model.ckpt"):
+        shutil.copy2(TINY_A / f, model / f)
+    test = rdir / "dump" / "raw" / "test"
+    test.mkdir(parents=True)
+    wavs = {"utt_a": TINY_A / "input_short.wav", "utt_b": TINY_A / "input_batch2.wav"}
+    (test / "wav.scp").write_text("".join(f"{u} {p}\n" for u, p in wavs.items()))
+    (test / "text").write_text("utt_a hello\nutt_b world\n")
+    (test / ".done").touch()
+    r = run("./xytok.sh --train_set tr --valid_set dev --test_sets test --stage 7 --stop_stage 9 "
+            "--inference_model golden/export --decode_num_quantizers '4 2' --scoring_metrics stoi "
+            "--nj 1 --inference_nj 1", rdir, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    dec = rdir / "golden" / "decode" / "test"
+    assert not (dec / "wav").exists()  # only the listed n
+    for n in (4, 2):
+        assert sorted((dec / f"wav_nq{n}" / "wav.scp").read_text().split()[::2]) == ["utt_a", "utt_b"]
+        assert (dec / f"score_nq{n}" / "summary.json").is_file()
+    log = (dec / "wav_nq2" / "logs" / "decode.1.log").read_text()
+    assert "decoding from 2 of 4 RVQ layers: 150 bps" in log
+    md = (rdir / "RESULTS.md").read_text()
+    rows = [ln for ln in md.splitlines() if ln.startswith("| golden")]
+    assert [r.split("|")[1:3] for r in rows] == [[" golden, nq=4 ", " 300 "], [" golden, nq=2 ", " 150 "]]
+    # a bad list is refused before anything runs
+    r = run("./xytok.sh --train_set tr --valid_set dev --test_sets test --stage 8 --stop_stage 8 "
+            "--inference_model golden/export --decode_num_quantizers '4 x'", rdir, timeout=60)
+    assert r.returncode != 0 and "--decode_num_quantizers" in r.stdout + r.stderr

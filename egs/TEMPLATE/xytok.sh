@@ -73,6 +73,9 @@ stage2_tag=            # stage-2 exp dir suffix (default: $tag, else the stage-2
 inference_model=       # exp dir, export dir or config.yaml (model.ckpt beside it); default: stage-2 export, else stage-1
 inference_tag=decode   # subdir of the model's exp dir for stages 7-9
 inference_args=        # extra arguments for xytok encode/decode
+decode_num_quantizers= # stages 8-9: also decode + score from the first n RVQ layers for each n listed
+                       # (e.g. "8 4 2": <set>/wav_nq<n>, score_nq<n>, one RESULTS.md row each with its BPS);
+                       # empty: all layers only (<set>/wav, <set>/score)
 scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score
 asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
 scoring_args=          # extra arguments for xytok score
@@ -106,6 +109,9 @@ for v in nj inference_nj ngpu num_nodes fs nbpe; do
     [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
 done
 [ "$nj" -ge 1 ] && [ "$inference_nj" -ge 1 ] || die "--nj and --inference_nj must be >= 1"
+for v in $decode_num_quantizers; do
+    [[ $v =~ ^[1-9][0-9]*$ ]] || die "--decode_num_quantizers: expected positive integers (e.g. \"8 4 2\"), got '$v'"
+done
 for v in node_rank master_port; do
     [ -z "${!v}" ] || [[ ${!v} =~ ^[0-9]+$ ]] || die "--$v must be a non-negative integer, got '${!v}'"
 done
@@ -416,20 +422,26 @@ fi
 
 if run_stage 8; then
     log "Stage 8: detokenize ${test_sets} (xytok decode, ${inference_nj} jobs, device=${_device})"
+    # One decode per entry of --decode_num_quantizers ("all" = every RVQ layer: <set>/wav);
+    # n = the first n layers only: <set>/wav_nq<n> (xytok decode --num_quantizers n).
     for dset in $test_sets; do
         dir=$model_exp/$inference_tag/$dset
-        if [ -f "$dir/.decode.done" ]; then log "  $dset: already detokenized"; continue; fi
-        [ -f "$dir/.encode.done" ] || die "$dir/codes.scp missing: run stage 7 first"
-        rm -rf "$dir/wav"; mkdir -p "$dir/wav/logs"
-        _nj=$(min "$inference_nj" "$(wc -l < "$dir/codes.scp")")
-        split_scp "$dir/codes.scp" "$dir/wav/logs" codes "$_nj"
-        # shellcheck disable=SC2086
-        ${_infer_cmd} --num_threads 1 JOB=1:"$_nj" "$dir/wav/logs/decode.JOB.log" \
-            xytok decode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
-                --no_progress ${inference_args} "$dir/wav/logs/codes.JOB.scp" "$dir/wav/split.JOB"
-        # One wav.scp over the shards (each shard dir holds its own wav.scp).
-        for i in $(seq "$_nj"); do cat "$dir/wav/split.$i/wav.scp"; done | LC_ALL=C sort > "$dir/wav/wav.scp"
-        touch "$dir/.decode.done"
+        for _nq in ${decode_num_quantizers:-all}; do
+            if [ "$_nq" = all ]; then _sfx=; _nq_args=(); else _sfx=_nq$_nq; _nq_args=(--num_quantizers "$_nq"); fi
+            if [ -f "$dir/.decode$_sfx.done" ]; then log "  $dset${_sfx:+ ($_sfx)}: already detokenized"; continue; fi
+            [ -f "$dir/.encode.done" ] || die "$dir/codes.scp missing: run stage 7 first"
+            rm -rf "$dir/wav$_sfx"; mkdir -p "$dir/wav$_sfx/logs"
+            _nj=$(min "$inference_nj" "$(wc -l < "$dir/codes.scp")")
+            split_scp "$dir/codes.scp" "$dir/wav$_sfx/logs" codes "$_nj"
+            # shellcheck disable=SC2086
+            ${_infer_cmd} --num_threads 1 JOB=1:"$_nj" "$dir/wav$_sfx/logs/decode.JOB.log" \
+                xytok decode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
+                    --no_progress "${_nq_args[@]}" ${inference_args} "$dir/wav$_sfx/logs/codes.JOB.scp" \
+                    "$dir/wav$_sfx/split.JOB"
+            # One wav.scp over the shards (each shard dir holds its own wav.scp).
+            for i in $(seq "$_nj"); do cat "$dir/wav$_sfx/split.$i/wav.scp"; done | LC_ALL=C sort > "$dir/wav$_sfx/wav.scp"
+            touch "$dir/.decode$_sfx.done"
+        done
     done
 fi
 
@@ -437,16 +449,20 @@ if run_stage 9; then
     log "Stage 9: scoring (${scoring_metrics}; ASR ${asr_backend}) and RESULTS.md"
     for dset in $test_sets; do
         dir=$model_exp/$inference_tag/$dset
-        if [ -f "$dir/.score.done" ]; then log "  $dset: already scored"; continue; fi
-        [ -f "$dir/.decode.done" ] || die "$dir/wav/wav.scp missing: run stage 8 first"
-        rm -rf "$dir/score"; mkdir -p "$dir/score"
-        # shellcheck disable=SC2086
-        # One process per job, one thread each (xytok score sets it); ASR/SIM models on the GPU with --gpu_inference.
-        ${_infer_cmd} --num_threads "$nj" "$dir/score/score.log" \
-            xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav/wav.scp" --text "$data_feats/$dset/text" \
-                --metrics "$scoring_metrics" --asr_backend "$asr_backend" --nj "$nj" --device "$_device" \
-                --out "$dir/score" ${scoring_args}
-        touch "$dir/.score.done"
+        # each stage-8 decode gets its own score dir (score, score_nq<n>): one RESULTS.md row each
+        for _nq in ${decode_num_quantizers:-all}; do
+            if [ "$_nq" = all ]; then _sfx=; else _sfx=_nq$_nq; fi
+            if [ -f "$dir/.score$_sfx.done" ]; then log "  $dset${_sfx:+ ($_sfx)}: already scored"; continue; fi
+            [ -f "$dir/.decode$_sfx.done" ] || die "$dir/wav$_sfx/wav.scp missing: run stage 8 first"
+            rm -rf "$dir/score$_sfx"; mkdir -p "$dir/score$_sfx"
+            # shellcheck disable=SC2086
+            # One process per job, one thread each (xytok score sets it); ASR/SIM models on the GPU with --gpu_inference.
+            ${_infer_cmd} --num_threads "$nj" "$dir/score$_sfx/score.log" \
+                xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav$_sfx/wav.scp" \
+                    --text "$data_feats/$dset/text" --metrics "$scoring_metrics" --asr_backend "$asr_backend" \
+                    --nj "$nj" --device "$_device" --out "$dir/score$_sfx" ${scoring_args}
+            touch "$dir/.score$_sfx.done"
+        done
     done
     # shellcheck disable=SC2086
     ${python} -m xytok.bin.make_results --recipe_dir . --exp_dir "$model_exp/$inference_tag" \
@@ -486,7 +502,7 @@ if run_stage 10; then
         wait "$_control_pid" || die "probe control failed: see $model_exp/probe_random_init/probe.log"
     fi
     # RESULTS.md's WER column is the probe's: refresh it when the test sets are already scored.
-    if ls "$model_exp/$inference_tag"/*/score/summary.json > /dev/null 2>&1; then
+    if ls "$model_exp/$inference_tag"/*/score*/summary.json > /dev/null 2>&1; then
         ${python} -m xytok.bin.make_results --exp_dir "$model_exp/$inference_tag" --test_sets "$test_sets" \
             --output RESULTS.md
         log "  updated $(pwd)/RESULTS.md"

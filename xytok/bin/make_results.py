@@ -5,6 +5,10 @@
 Each --exp_dir is <model exp>/<inference_tag> holding <test_set>/score/summary.json (from `xytok score`);
 the probe result is read from <model exp>/probe/probe.json when present. Plots go to
 <exp_dir>/<test_set>/plots/.
+
+A test set decoded from fewer RVQ layers (recipe --decode_num_quantizers "8 4 2") has one
+<test_set>/score_nq<n>/ per n; each gets its own row "<name>, nq=<n>" with the bit rate of n layers.
+The probe WER (measured on the model's full codes) is printed on the all-layer row only.
 """
 from __future__ import annotations
 
@@ -34,33 +38,56 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -> list[dict]:
-    from xytok.eval.results import codec_info, find_config, find_probe, load_json
+    from xytok.eval.results import codec_info, find_config, find_probe, load_json, score_dirs
 
-    sets = test_sets or sorted(p.parent.parent.name for p in exp_dir.glob("*/score/summary.json"))
+    sets = test_sets or sorted({p.parent.parent.name for p in exp_dir.glob("*/score*/summary.json")})
     probe = find_probe(exp_dir)
     control = find_probe(exp_dir, "probe_random_init")
-    info = codec_info(find_config(exp_dir, probe))
+    config = find_config(exp_dir, probe)
+    full = codec_info(config)
     entries = []
     for ts in sets:
-        score_dir = exp_dir / ts / "score"
-        summary = load_json(score_dir / "summary.json")
-        if summary is None:
-            log.warning("%s: no summary.json (run stage 9 / xytok score first); skipped", score_dir)
-            continue
-        written = []
-        if plots:
-            from xytok.eval.inputs import resolve_audio_list
-            from xytok.eval.plots import plots_for_score_dir
-
-            try:
-                inp = summary.get("inputs", {})
-                written = plots_for_score_dir(score_dir, resolve_audio_list(inp["ref"]),
-                                              resolve_audio_list(inp["hyp"]), exp_dir / ts / "plots", f"{name} {ts}")
-            except (OSError, KeyError, ValueError) as e:
-                log.warning("%s: plots skipped (%s)", score_dir, e)
-        entries.append({"name": name, "test_set": ts, "summary": summary, "probe": probe, "probe_control": control,
-                        "info": info, "plots": [os.path.relpath(p, recipe_dir) for p in written]})
+        dirs = score_dirs(exp_dir / ts) or [(exp_dir / ts / "score", None)]
+        for score_dir, n in dirs:
+            entry = _entry(exp_dir, ts, score_dir, n, name, full, config, probe, control, recipe_dir, plots)
+            if entry is not None:
+                entries.append(entry)
     return entries
+
+
+def _entry(exp_dir, ts, score_dir, n, name, full, config, probe, control, recipe_dir, plots):
+    from xytok.eval.results import codec_info, load_json
+
+    summary = load_json(score_dir / "summary.json")
+    if summary is None:
+        log.warning("%s: no summary.json (run stage 9 / xytok score first); skipped", score_dir)
+        return None
+    all_layers = n is None or (full["model_nq"] is not None and n == full["model_nq"])
+    if n is not None:
+        try:
+            info = codec_info(config, n)
+        except ValueError as e:
+            log.warning("%s: %s; skipped", score_dir, e)
+            return None
+        name = f"{name}, nq={n}"
+    else:
+        info = full
+    plot_dir = exp_dir / ts / ("plots" if n is None else f"plots_nq{n}")
+    written = []
+    if plots:
+        from xytok.eval.inputs import resolve_audio_list
+        from xytok.eval.plots import plots_for_score_dir
+
+        try:
+            inp = summary.get("inputs", {})
+            written = plots_for_score_dir(score_dir, resolve_audio_list(inp["ref"]),
+                                          resolve_audio_list(inp["hyp"]), plot_dir, f"{name} {ts}")
+        except (OSError, KeyError, ValueError) as e:
+            log.warning("%s: plots skipped (%s)", score_dir, e)
+    # The probe ran on the model's full codes: its WER belongs to the all-layer row only.
+    return {"name": name, "test_set": ts, "summary": summary, "probe": probe if all_layers else None,
+            "probe_control": control if all_layers else None, "info": info,
+            "plots": [os.path.relpath(p, recipe_dir) for p in written]}
 
 
 def main(argv=None) -> int:

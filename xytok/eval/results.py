@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import platform
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,10 +41,13 @@ PAPER_SOURCE = ("Gong et al., arXiv 2506.23325 v1 main table (LibriSpeech; WER =
                 "SIM/STOI/PESQ on test-clean)")
 
 
-def codec_info(config_path) -> dict:
-    """Bit rate and frame rate from a released-format config (None when no config is found)."""
+def codec_info(config_path, num_quantizers: int | None = None) -> dict:
+    """Bit rate and frame rate from a released-format config (None when no config is found).
+
+    ``num_quantizers`` = n: the bit rate of decoding from the first n RVQ layers (``nq`` is then n;
+    ``model_nq`` is always the model's layer count)."""
     if not config_path or not Path(config_path).is_file():
-        return {"bps": None, "frame_rate": None, "nq": None, "codebook_size": None}
+        return {"bps": None, "frame_rate": None, "nq": num_quantizers, "codebook_size": None, "model_nq": None}
     cfg = yaml.safe_load(Path(config_path).read_text())
     g = cfg.get("generator_params", cfg)
     q = g["quantizer_kwargs"]
@@ -52,8 +56,27 @@ def codec_info(config_path) -> dict:
     # mel hop x encoder conv stride x downsample factor
     hop = enc.get("hop_length", 160) * enc.get("stride_size", 2) * g["downsample_kwargs"].get("avg_pooler", 4)
     frame_rate = sr / hop
-    bps = q["num_quantizers"] * math.log2(q["codebook_size"]) * frame_rate
-    return {"bps": bps, "frame_rate": frame_rate, "nq": q["num_quantizers"], "codebook_size": q["codebook_size"]}
+    model_nq = q["num_quantizers"]
+    nq = model_nq if num_quantizers is None else int(num_quantizers)
+    if not 1 <= nq <= model_nq:
+        raise ValueError(f"{config_path}: {nq} quantizer layers asked for, the model has {model_nq}")
+    bps = nq * math.log2(q["codebook_size"]) * frame_rate
+    return {"bps": bps, "frame_rate": frame_rate, "nq": nq, "codebook_size": q["codebook_size"], "model_nq": model_nq}
+
+
+SCORE_DIR_PATTERN = re.compile(r"^score(?:_nq(\d+))?$")
+
+
+def score_dirs(set_dir) -> list[tuple[Path, int | None]]:
+    """[(score dir, n)] under one test set's decode dir: ``score`` (all layers, n=None) and
+    ``score_nq<n>`` (decoded from the first n RVQ layers, recipe --decode_num_quantizers), most
+    layers first."""
+    found = []
+    for d in Path(set_dir).glob("score*"):
+        m = SCORE_DIR_PATTERN.match(d.name)
+        if m and d.is_dir():
+            found.append((d, int(m.group(1)) if m.group(1) else None))
+    return sorted(found, key=lambda x: -(x[1] or 10 ** 9))
 
 
 def _fmt_bps(bps):
@@ -217,7 +240,9 @@ def write_results_md(output, entries, title="RESULTS") -> str:
                 "WER = text-alignment probe WER (fraction); WER (recon) = ASR on reconstructions vs the "
                 "reference transcripts (%); ground truth = reference audio through the same ASR "
                 "(its SIM/STOI/PESQ vs itself are trivial: —).", "", "### Protocol", ""]
-        out += protocol_lines(es[0]["summary"], es[0]["probe"], test_set, es[0].get("probe_control"))
+        # the probe (full codes) is on the all-layer entry; rows at fewer layers have none
+        with_probe = next((e for e in es if e["probe"]), es[0])
+        out += protocol_lines(es[0]["summary"], with_probe["probe"], test_set, with_probe.get("probe_control"))
         out += ["", "### Means with 95% confidence intervals", ""]
         for e in es:
             out += ci_lines(e["name"], e["summary"])
