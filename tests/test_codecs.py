@@ -1,0 +1,144 @@
+"""xytok.codecs: every family behind one interface, on tiny random models saved locally
+(transformers' save_pretrained; no download): shapes, BPS, round trip, probe embedding,
+--num_quantizers, and the spec parser's errors."""
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from golden import TINY_A  # noqa: E402
+
+from xytok.codecs import CodecSpecError, load_codec_family, parse_spec, spec_label  # noqa: E402
+
+
+def save_tiny_dac(d: Path) -> Path:
+    """DAC at 16 kHz, hop 320 (50 Hz), 4 codebooks of 64."""
+    from transformers import DacConfig, DacModel
+
+    torch.manual_seed(0)
+    cfg = DacConfig(encoder_hidden_size=8, downsampling_ratios=[2, 4, 5, 8], decoder_hidden_size=32,
+                    n_codebooks=4, codebook_size=64, codebook_dim=4, hidden_size=32, sampling_rate=16000)
+    DacModel(cfg).save_pretrained(d)
+    return d
+
+
+def save_tiny_mimi(d: Path) -> Path:
+    """Mimi at 24 kHz, 12.5 Hz, 8 codebooks of 64 (1 semantic)."""
+    from transformers import MimiConfig, MimiModel
+
+    torch.manual_seed(0)
+    cfg = MimiConfig(sampling_rate=24000, frame_rate=12.5, hidden_size=32, num_filters=4, num_residual_layers=1,
+                     upsampling_ratios=[8, 6, 5, 4], num_quantizers=8, num_semantic_quantizers=1,
+                     codebook_size=64, codebook_dim=16, vector_quantization_hidden_dimension=16,
+                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                     intermediate_size=64, sliding_window=50, max_position_embeddings=1000, upsample_groups=32)
+    MimiModel(cfg).save_pretrained(d)
+    return d
+
+
+def save_tiny_encodec(d: Path) -> Path:
+    """EnCodec at 24 kHz, 75 Hz, codebooks of 64; bandwidths 0.9/1.8 kbps -> 2/4 codebooks."""
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    cfg = EncodecConfig(target_bandwidths=[0.9, 1.8], sampling_rate=24000, hidden_size=16, num_filters=4,
+                        num_residual_layers=1, upsampling_ratios=[8, 5, 4, 2], codebook_size=64, codebook_dim=16,
+                        num_lstm_layers=1)
+    EncodecModel(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("codecs")
+    return {"dac": str(save_tiny_dac(root / "dac")), "mimi": str(save_tiny_mimi(root / "mimi")),
+            "encodec": str(save_tiny_encodec(root / "encodec")), "xy": str(TINY_A)}
+
+
+# family -> (sample rate, frame rate, default nq, codebook size)
+EXPECTED = {"dac": (16000, 50.0, 4, 64), "mimi": (24000, 12.5, 8, 64), "encodec": (24000, 75.0, 2, 64),
+            "xy": (16000, 12.5, 4, 64)}
+
+
+def _wav(seconds, sr, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("family", ["xy", "dac", "mimi", "encodec"])
+def test_family_interface(models, family):
+    torch.set_num_threads(1)
+    codec = load_codec_family(f"{family}:{models[family]}")
+    sr, fr, nq, k = EXPECTED[family]
+    assert (codec.family, codec.sample_rate, codec.frame_rate, codec.num_quantizers) == (family, sr, fr, nq)
+    assert codec.codebook_sizes == [k] * nq
+    assert codec.bps() == pytest.approx(nq * math.log2(k) * fr)
+    wavs = [_wav(1.0, sr), _wav(0.5, sr, seed=1)]
+    codes = codec.encode(wavs)
+    for w, c in zip(wavs, codes):
+        assert c.dtype == torch.long and c.shape[0] == nq
+        # one frame per hop, up to the codec's edge rounding (floor for xy/dac, ceil for mimi)
+        assert abs(c.shape[1] - len(w) / codec.hop_length) <= 1
+        assert int(c.min()) >= 0 and int(c.max()) < k
+    # deterministic, and one item alone gives the batch's codes
+    assert torch.equal(codec.encode([wavs[1]])[0], codes[1])
+    out = codec.decode(codes)
+    for c, y in zip(codes, out):
+        assert y.dim() == 1 and y.numel() == c.shape[1] * codec.hop_length and torch.isfinite(y).all()
+    # re-encoding the decoded audio runs (random weights: no quality claim)
+    assert codec.encode([out[0].numpy()])[0].shape[0] == nq
+    emb = codec.embed(wavs[0])
+    assert emb.ndim == 2 and emb.dtype == np.float32 and np.isfinite(emb).all()
+    assert abs(emb.shape[0] - codes[0].shape[1]) <= 1 and emb.shape[1] > 1
+    d = codec.describe()
+    assert d["bps"] == pytest.approx(codec.bps()) and d["family"] == family
+
+
+@pytest.mark.parametrize("family,n,ok", [("dac", 2, True), ("dac", 5, False), ("mimi", 4, True),
+                                          ("mimi", 9, False), ("encodec", 4, True), ("encodec", 3, False),
+                                          ("xy", 2, True)])
+def test_num_quantizers(models, family, n, ok):
+    spec = f"{family}:{models[family]}"
+    if not ok:
+        with pytest.raises(CodecSpecError, match=f"--num_quantizers {n} not supported"):
+            load_codec_family(spec, num_quantizers=n)
+        return
+    codec = load_codec_family(spec, num_quantizers=n)
+    sr, fr, _, k = EXPECTED[family]
+    assert codec.num_quantizers == n and codec.bps() == pytest.approx(n * math.log2(k) * fr)
+    c = codec.encode([_wav(0.5, sr)])[0]
+    assert c.shape[0] == n
+    y = codec.decode([c])[0]
+    assert y.numel() == c.shape[1] * codec.hop_length
+    other = load_codec_family(spec).encode([_wav(0.5, sr)])[0]
+    # residual VQ: the shorter stream is a prefix of the longer one
+    m = min(n, other.shape[0])
+    assert torch.equal(other[:m], c[:m])
+
+
+def test_decode_rejects_bad_codes(models):
+    codec = load_codec_family(f"dac:{models['dac']}")
+    with pytest.raises(ValueError, match="out of range"):
+        codec.decode([torch.full((4, 10), 64)])
+    with pytest.raises(ValueError, match="nq=5"):
+        codec.decode([torch.zeros(5, 10, dtype=torch.long)])
+    with pytest.raises(ValueError, match="shorter than one code frame"):
+        codec.encode([np.zeros(100, np.float32)])
+
+
+def test_spec_parsing(tmp_path):
+    assert parse_spec("dac:some/dir") == ("dac", "some/dir")
+    assert parse_spec("fdugyt/XY_Tokenizer") == ("xy", "fdugyt/XY_Tokenizer")
+    assert parse_spec("exp/stage1_x") == ("xy", "exp/stage1_x")
+    assert parse_spec("xy:released") == ("xy", "released")
+    assert spec_label("mimi:kyutai/mimi") == "mimi_mimi"
+    assert spec_label("xy:exp/stage2_a/export") == "xy_stage2_a"
+    with pytest.raises(CodecSpecError, match="unknown codec family 'foo'"):
+        parse_spec("foo:bar")
+    with pytest.raises(CodecSpecError, match="no config.json"):
+        load_codec_family(f"dac:{tmp_path}")

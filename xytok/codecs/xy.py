@@ -1,0 +1,107 @@
+"""XY-Tokenizer (ours; the released fdugyt/XY_Tokenizer too) behind the codec interface.
+
+16 kHz, 12.5 Hz, 8 x 1024 RVQ. Long inputs are chunked as the released encode/decode (30-s
+windows with ``overlap_seconds`` of look-ahead, xytok.codec). ``num_quantizers`` = n keeps the
+first n RVQ layers (codes (n, T); decode sums the first n layers' codewords)."""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional, Tuple
+
+import torch
+
+from xytok.codecs.base import Codec, CodecSpecError
+
+RELEASED = "fdugyt/XY_Tokenizer"
+WINDOW_SAMPLES = 30 * 16000  # the codec sees at most one 30-s window at a time
+MIN_SAMPLES = 1280           # one 80 ms code frame
+
+
+def tokenize_windows(codec, wav, first_only: bool = False) -> Iterator[Tuple[dict, int]]:
+    """XYTokenizer.tokenize output and its code-frame count per 30-s window of one 1-D 16 kHz
+    utterance (windows shorter than one code frame are skipped). No overlap: these are the
+    probe's features, one frame per 80 ms."""
+    wav = torch.as_tensor(wav, dtype=torch.float32)
+    starts = [0] if first_only else range(0, len(wav), WINDOW_SAMPLES)
+    for start in starts:
+        chunk = wav[start:start + WINDOW_SAMPLES].to(codec.device)
+        if len(chunk) < MIN_SAMPLES:
+            continue
+        mel, mel_lengths = codec.wav_to_mel(chunk.unsqueeze(0), torch.tensor([len(chunk)], device=codec.device))
+        out = codec.tokenize(mel, mel_lengths)
+        yield out, int(out["codes_lengths"][0])
+
+
+def resolve_xy_source(name_or_dir: str) -> Tuple[str, Optional[str]]:
+    """(load_codec's first argument, checkpoint or None) for an xy spec id: ``released`` (the hub
+    release), a hub id, a directory (export dir, exp dir, hub snapshot) or a config.yaml with
+    model.ckpt / model.safetensors beside it."""
+    if name_or_dir in ("", "released"):
+        return RELEASED, None
+    if os.path.isfile(name_or_dir) and name_or_dir.endswith((".yaml", ".yml")):
+        d = os.path.dirname(name_or_dir)
+        for w in ("model.ckpt", "model.safetensors"):
+            if os.path.isfile(os.path.join(d, w)):
+                return name_or_dir, os.path.join(d, w)
+        raise CodecSpecError(f"xy {name_or_dir}: no model.ckpt or model.safetensors beside the config")
+    return name_or_dir, None
+
+
+class XYCodec(Codec):
+    family = "xy"
+
+    def __init__(self, name_or_dir: str = "released", device="cpu", revision=None, num_quantizers=None,
+                 checkpoint: Optional[str] = None, overlap_seconds: float = 10.0, batch_size: int = 1,
+                 codec=None):
+        """``codec``: an already loaded XYTokenizer (then name_or_dir only labels it)."""
+        self.name = name_or_dir or RELEASED
+        self.device = torch.device(device)
+        if codec is None:
+            from xytok.codec import load_codec
+
+            source, ckpt = resolve_xy_source(name_or_dir)
+            try:
+                codec = load_codec(source, checkpoint or ckpt, device=str(self.device), revision=revision)
+            except Exception as e:  # not found / mismatched weights: one message naming the model
+                raise CodecSpecError(f"cannot load the xy model {name_or_dir}: {e}")
+        self.codec = codec.eval()
+        self.device = codec.device
+        self.sample_rate = int(codec.sample_rate)
+        self.frame_rate = self.sample_rate / codec.code_hop
+        self.max_quantizers = int(codec.num_quantizers)
+        self.num_quantizers = self._check_num_quantizers(num_quantizers)
+        self.codebook_sizes = [int(codec.codebook_size)] * self.num_quantizers
+        self.overlap_seconds = overlap_seconds
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def encode(self, wavs):
+        # the whole list in one call: XYTokenizer batches its 30-s chunks
+        wavs = [self._check_wav(i, w) for i, w in enumerate(wavs)]
+        codes = self.codec.encode(wavs, overlap_seconds=self.overlap_seconds, batch_size=max(self.batch_size, len(wavs)))
+        return [c[: self.num_quantizers].long().cpu() for c in codes]
+
+    @torch.inference_mode()
+    def decode(self, codes_list):
+        codes_list = [torch.as_tensor(c).long() for c in codes_list]
+        for i, c in enumerate(codes_list):
+            reason = self.check_codes(c)
+            if reason:
+                raise ValueError(f"item {i}: {reason}")
+        n = {c.shape[0] for c in codes_list}
+        kw = {}
+        if n and min(n) < self.max_quantizers:  # a prefix of the RVQ layers
+            kw["num_quantizers"] = min(n)
+        wavs = self.codec.decode([c.to(self.device) for c in codes_list], overlap_seconds=self.overlap_seconds,
+                                 batch_size=max(self.batch_size, len(codes_list)), **kw)
+        return [w.float().reshape(-1).cpu() for w in wavs]
+
+    def _embed_one(self, wav):
+        pieces = []
+        for out, t in tokenize_windows(self.codec, wav):
+            if self.num_quantizers == self.max_quantizers:
+                zq = out["zq"][0, :, :t]
+            else:
+                zq = self.codec.decode_codes(out["codes"][: self.num_quantizers, :, :t])[0]
+            pieces.append(zq.transpose(0, 1))
+        return torch.cat(pieces, dim=0)
