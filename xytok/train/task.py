@@ -24,6 +24,8 @@ from typing import Any, Dict, Mapping
 
 import torch
 
+from xytok.train.optim import build_optimizer
+
 # Short names usable as `task:` in a config; anything else must be "package.module:ClassName".
 TASK_REGISTRY = {
     "stage1": "xytok.train.stage1:Stage1Task",
@@ -50,8 +52,6 @@ class Task:
 
         config["optim"] may be a single dict (applied to every model) or {model_name: dict}.
         """
-        from xytok.train.trainer import build_optimizer
-
         optim_conf = self.config.get("optim", {})
         out = {}
         for name, model in models.items():
