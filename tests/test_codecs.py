@@ -142,3 +142,52 @@ def test_spec_parsing(tmp_path):
         parse_spec("foo:bar")
     with pytest.raises(CodecSpecError, match="no config.json"):
         load_codec_family(f"dac:{tmp_path}")
+
+
+# ----------------------------------------------------------------------------- xytok encode/decode
+def _write_wavs(d: Path, sr: int, n: int = 2) -> Path:
+    import soundfile as sf
+
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sf.write(d / f"utt{i}.wav", _wav(0.6 + 0.3 * i, sr, seed=i), sr)
+    return d
+
+
+@pytest.mark.parametrize("family,nq_arg,nq", [("mimi", [], 8), ("dac", ["--num_quantizers", "2"], 2),
+                                               ("xy", ["--num_quantizers", "3"], 3)])
+def test_cli_encode_decode_family(models, tmp_path, family, nq_arg, nq):
+    import soundfile as sf
+
+    from xytok.bin import decode, encode
+    from xytok.io_codes import read_codes
+
+    # 16 kHz input for every family: encode resamples to the codec's rate
+    wavs = _write_wavs(tmp_path / "in", 16000)
+    spec = f"{family}:{models[family]}"
+    assert encode.main([str(wavs), str(tmp_path / "codes.scp"), "--model", spec, "--no_progress"] + nq_arg) == 0
+    codes = read_codes(str(tmp_path / "codes.scp"))
+    codec = load_codec_family(spec)
+    assert sorted(codes) == ["utt0", "utt1"]
+    for i, (utt, c) in enumerate(sorted(codes.items())):
+        n_at_codec_rate = round((0.6 + 0.3 * i) * codec.sample_rate)
+        assert c.shape[0] == nq and abs(c.shape[1] - n_at_codec_rate / codec.hop_length) <= 1
+    assert decode.main([str(tmp_path / "codes.scp"), str(tmp_path / "out"), "--model", spec, "--no_progress"]
+                       + nq_arg) == 0
+    for utt, c in codes.items():
+        y, sr = sf.read(tmp_path / "out" / f"{utt}.wav")
+        assert sr == codec.sample_rate and len(y) == c.shape[1] * codec.hop_length
+    assert len((tmp_path / "out" / "wav.scp").read_text().splitlines()) == 2
+
+
+def test_cli_family_errors(models, tmp_path, caplog):
+    from xytok.bin import encode
+
+    wavs = _write_wavs(tmp_path / "in", 16000, n=1)
+    out = str(tmp_path / "codes.scp")
+    assert encode.main([str(wavs), out, "--model", "nope:x"]) == 1
+    assert "unknown codec family 'nope'" in caplog.text
+    assert encode.main([str(wavs), out, "--model", f"dac:{models['dac']}", "--num_quantizers", "9"]) == 1
+    assert "--num_quantizers 9 not supported" in caplog.text
+    assert encode.main([str(wavs), out, "--model", f"dac:{models['dac']}", "--model_dir", "x"]) == 1
+    assert "--model_dir is for xy models" in caplog.text

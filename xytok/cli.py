@@ -79,10 +79,13 @@ class CLIError(Exception):
 
 def add_model_args(parser) -> None:
     g = parser.add_argument_group("model")
-    g.add_argument("--model", metavar="ID_OR_DIR",
+    g.add_argument("--model", metavar="[FAMILY:]ID_OR_DIR",
                    help="Hugging Face hub id (e.g. fdugyt/XY_Tokenizer; cached, HF_HUB_OFFLINE=1 reads only "
                    "the cache) or a directory holding config.yaml + model.safetensors/model.ckpt (also the "
-                   "released xy_tokenizer.ckpt, or a training exp dir)")
+                   "released xy_tokenizer.ckpt, or a training exp dir). A FAMILY: prefix picks another codec "
+                   "(xytok.codecs): xy (default; xy:released = fdugyt/XY_Tokenizer), dac, encodec, mimi "
+                   "(transformers models by hub id or save_pretrained dir, e.g. mimi:kyutai/mimi); those "
+                   "work at their own sample rate")
     g.add_argument("--revision", help="with a hub --model: branch, tag or commit")
     g.add_argument("--config", help="model config YAML (released format, generator_params)")
     g.add_argument("--checkpoint", help="model checkpoint (.ckpt; {'generator': state_dict} or a bare state dict)")
@@ -138,6 +141,51 @@ def resolve_model_paths(args):
         if not os.path.isfile(p):
             raise CLIError(f"{what} file not found: {p}")
     return config, ckpt
+
+
+def model_family(args) -> str:
+    """The codec family of ``--model [FAMILY:]ID_OR_DIR`` ('xy' without a prefix). For xy the prefix
+    is stripped from args.model (xy:released -> the released hub id), so the xy path sees a plain id."""
+    model = getattr(args, "model", None)
+    if not model:
+        return "xy"
+    from xytok.codecs import CodecSpecError, parse_spec
+
+    try:
+        family, ident = parse_spec(model)
+    except CodecSpecError as e:
+        raise CLIError(f"--model {model}: {e}")
+    if family == "xy":
+        from xytok.codecs.xy import RELEASED
+
+        args.model = RELEASED if ident in ("", "released") else ident
+        return family
+    for opt in ("config", "checkpoint", "model_dir"):
+        if getattr(args, opt, None):
+            raise CLIError(f"--{opt} is for xy models; --model {model} names its own weights")
+    return family
+
+
+def load_family_codec(args, num_quantizers=None):
+    """A non-xy codec (xytok.codecs) from ``--model FAMILY:ID_OR_DIR``; errors become one CLIError."""
+    import torch
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    if args.batch_size < 1:
+        raise CLIError("--batch_size must be >= 1")
+    device = resolve_device(args.device)
+    from xytok.codecs import CodecSpecError, load_codec_family
+
+    try:
+        codec = load_codec_family(args.model, device=str(device), revision=args.revision,
+                                  num_quantizers=num_quantizers)
+    except CodecSpecError as e:
+        raise CLIError(str(e))
+    logger.info("loaded %s model %s: %d Hz, %g Hz frames, %d codebook(s) of %s: %g bps, device %s",
+                codec.family, codec.name, codec.sample_rate, codec.frame_rate, codec.num_quantizers,
+                "/".join(map(str, sorted(set(codec.codebook_sizes)))), codec.bps(), device)
+    return codec, device
 
 
 def resolve_device(name: str):

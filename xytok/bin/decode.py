@@ -11,6 +11,10 @@ OUT_DIR: receives ``<utt>.wav`` (16 kHz, 16-bit PCM, 1280*T samples) and ``wav.s
 --num_quantizers N decodes from the first N RVQ layers only (a lower bit rate, logged:
 N * log2(codebook size) * 12.5 bps); codes may then hold N..nq rows. Default: all layers.
 
+Other codecs: ``--model FAMILY:ID_OR_DIR`` (dac, encodec, mimi; see xytok.codecs) decodes that
+codec's codes to wavs at its own sample rate (hop * T samples; e.g. 24 kHz for Mimi/EnCodec);
+--num_quantizers N decodes from the first N rows.
+
 Utterances whose codes are unreadable, have the wrong number of quantizers, or hold indices
 outside the codebook are skipped with a per-utterance error; the rest are written and the
 failures are listed at the end with exit status 1.
@@ -23,8 +27,8 @@ import sys
 import time
 from typing import List, Tuple
 
-from xytok.cli import (CLIError, add_model_args, load_model, log_throughput, logger,
-                       quantizer_shape, report_failures, run_isolating_failures, run_main,
+from xytok.cli import (CLIError, add_model_args, load_family_codec, load_model, log_throughput, logger,
+                       model_family, quantizer_shape, report_failures, run_isolating_failures, run_main,
                        setup_logging)
 from xytok.data.datadir import write_table
 
@@ -83,13 +87,6 @@ def _decode_group(codec, codes_list, device, overlap_seconds, num_quantizers=Non
                             num_quantizers=num_quantizers)
 
 
-def decode_batch(codec, batch, device, overlap_seconds, failures, num_quantizers=None):
-    """Decode (utt, input) pairs, isolating the utterance that makes a batch fail."""
-    return run_isolating_failures(
-        lambda items: _decode_group(codec, items, device, overlap_seconds, num_quantizers),
-        batch, "decoding", failures, logger)
-
-
 def _run(args) -> int:
     from tqdm import tqdm
 
@@ -104,16 +101,38 @@ def _run(args) -> int:
         raise CLIError(str(e))
     if len(reader) == 0:
         raise CLIError(f"{args.input}: no utterances found")
-    codec, config, device = load_model(args)
-    num_quantizers, codebook_size = quantizer_shape(config)
     use = args.num_quantizers
-    if use is not None and use > num_quantizers:
-        raise CLIError(f"--num_quantizers {use}: the model has {num_quantizers} RVQ layers (use 1..{num_quantizers})")
-    n_used = num_quantizers if use is None else use
+    if model_family(args) == "xy":
+        codec, config, device = load_model(args)
+        num_quantizers, codebook_size = quantizer_shape(config)
+        if use is not None and use > num_quantizers:
+            raise CLIError(f"--num_quantizers {use}: the model has {num_quantizers} RVQ layers (use 1..{num_quantizers})")
+        n_used = num_quantizers if use is None else use
+        logger.info("decoding from %d of %d RVQ layers: %g bps (%d x log2(%d) bits x %g Hz)", n_used,
+                    num_quantizers, codec.bitrate(n_used), n_used, codebook_size, codec.frame_rate)
+        sample_rate, hop = SAMPLE_RATE, SAMPLES_PER_CODE
+
+        def check(codes):
+            return check_codes(codes, num_quantizers, codebook_size, use)
+
+        def decode_items(items):
+            return _decode_group(codec, items, device, args.overlap_seconds, use)
+    else:
+        codec, device = load_family_codec(args)
+        if use is not None and use > codec.max_quantizers:
+            raise CLIError(f"--num_quantizers {use}: {codec.name} has {codec.max_quantizers} codebooks")
+        sample_rate, hop = codec.sample_rate, codec.hop_length
+
+        def check(codes):
+            if use is not None and codes.ndim == 2 and codes.shape[0] < use:
+                return f"codes have nq={codes.shape[0]}, --num_quantizers {use} needs at least {use} rows"
+            return codec.check_codes(codes)
+
+        def decode_items(items):  # the first `use` rows (a residual VQ's coarse-to-fine prefix)
+            return codec.decode([c[:use] if use else c for c in items])
     os.makedirs(args.output_dir, exist_ok=True)
-    logger.info("decoding %d utterance(s) from %s into %s", len(reader), args.input, args.output_dir)
-    logger.info("decoding from %d of %d RVQ layers: %g bps (%d x log2(%d) bits x %g Hz)", n_used,
-                num_quantizers, codec.bitrate(n_used), n_used, codebook_size, codec.frame_rate)
+    logger.info("decoding %d utterance(s) from %s into %s (%d Hz wavs)", len(reader), args.input,
+                args.output_dir, sample_rate)
 
     failures: List[Tuple[str, str]] = []
     written = {}
@@ -129,7 +148,7 @@ def _run(args) -> int:
                 except CodesError as e:
                     failures.append((utt, str(e)))
                     continue
-                reason = check_codes(codes, num_quantizers, codebook_size, use)
+                reason = check(codes)
                 if reason:
                     failures.append((utt, f"{args.input}: {reason}"))
                     continue
@@ -137,15 +156,15 @@ def _run(args) -> int:
                     failures.append((utt, "utterance id contains '/', cannot be a file name"))
                     continue
                 batch.append((utt, codes))
-            expected = {u: c.shape[1] * SAMPLES_PER_CODE for u, c in batch}
-            for utt, wav in decode_batch(codec, batch, device, args.overlap_seconds, failures, use):
+            expected = {u: c.shape[1] * hop for u, c in batch}
+            for utt, wav in run_isolating_failures(decode_items, batch, "decoding", failures, logger):
                 wav = wav.detach().float().cpu().reshape(-1).numpy()
                 if wav.shape[0] != expected[utt]:
                     failures.append((utt, f"codec returned {wav.shape[0]} samples, expected {expected[utt]}"))
                     continue
                 path = os.path.join(args.output_dir, utt + ".wav")
                 try:
-                    write_wav(path, wav, SAMPLE_RATE, subtype=args.subtype)
+                    write_wav(path, wav, sample_rate, subtype=args.subtype)
                 except Exception as e:
                     failures.append((utt, f"{path}: cannot write: {e}"))
                     continue
@@ -154,7 +173,7 @@ def _run(args) -> int:
             bar.update(len(keys[i:i + args.batch_size]))
     write_table(os.path.join(args.output_dir, "wav.scp"), written)  # LC_ALL=C sorted, atomic
     log_throughput("wavs + wav.scp", len(written), len(keys), total_samples, args.output_dir, start,
-                   SAMPLE_RATE)
+                   sample_rate)
     return report_failures(failures, "utterance(s)")
 
 

@@ -14,9 +14,14 @@ OUT: ``codes.scp`` or ``codes.ark`` -> Kaldi ark+scp (float32 matrices (nq, T) o
      (``--job K --num_jobs N``, e.g. one per GPU) encodes every N-th utterance into OUT with
      its own shard prefix.
 
-Audio is resampled to 16 kHz and downmixed to mono when needed (logged). Bad utterances
-(unreadable, empty, NaN/Inf, shorter than one code = 1280 samples) are skipped, the others are
-written, and all failures are listed at the end with exit status 1.
+Other codecs: ``--model FAMILY:ID_OR_DIR`` (dac, encodec, mimi; see xytok.codecs) writes that
+codec's codes (nq, T) at its frame rate, in the same formats; ``--num_quantizers N`` keeps the
+first N codebooks (what the family allows: DAC/Mimi any prefix, EnCodec a configured bandwidth,
+xy 1..8).
+
+Audio is resampled to the codec's rate (16 kHz for xy) and downmixed to mono when needed (logged).
+Bad utterances (unreadable, empty, NaN/Inf, shorter than one code = 1280 samples for xy) are
+skipped, the others are written, and all failures are listed at the end with exit status 1.
 """
 from __future__ import annotations
 
@@ -27,8 +32,8 @@ import time
 from collections import OrderedDict
 from typing import List, Tuple
 
-from xytok.cli import (CLIError, add_model_args, load_model, log_throughput, logger,
-                       report_failures, run_isolating_failures, run_main, setup_logging)
+from xytok.cli import (CLIError, add_model_args, load_family_codec, load_model, log_throughput, logger,
+                       model_family, report_failures, run_isolating_failures, run_main, setup_logging)
 
 SAMPLE_RATE = 16000
 SAMPLES_PER_CODE = 1280  # 16 kHz / 12.5 Hz
@@ -48,6 +53,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--utt2spk", help="shards: Kaldi utt2spk table stored with the codes")
     g.add_argument("--shard_size_mb", type=float, default=32.0,
                    help="shards: codes per shard in MB (also what a killed run can lose) [default: %(default)s]")
+    g.add_argument("--num_quantizers", type=int, default=None, metavar="N",
+                   help="keep the first N codebooks (default: the model's own setting, all for xy)")
     g.add_argument("--job", type=int, default=1, help="shards: this job's number K in 1..N [default: 1]")
     g.add_argument("--num_jobs", type=int, default=1,
                    help="shards: N jobs share IN; job K encodes utterances K, K+N, K+2N, ... [default: 1]")
@@ -119,14 +126,14 @@ def list_inputs(path: str) -> "OrderedDict[str, str]":
         raise CLIError(str(e))
 
 
-def _load_one(utt: str, entry: str):
-    """Audio for one utterance, or raise AudioError with a reason."""
+def _load_one(utt: str, entry: str, sample_rate: int = SAMPLE_RATE, hop: int = SAMPLES_PER_CODE):
+    """Audio for one utterance at the codec's rate, or raise AudioError with a reason."""
     from xytok.audio import AudioError, load_audio
 
-    wav, info = load_audio(entry, target_sr=SAMPLE_RATE)  # errors name the file
-    if wav.shape[0] < SAMPLES_PER_CODE:
-        raise AudioError(f"{entry.strip()}: too short: {wav.shape[0]} samples at {SAMPLE_RATE} Hz, "
-                         f"need at least {SAMPLES_PER_CODE} for one code")
+    wav, info = load_audio(entry, target_sr=sample_rate)  # errors name the file
+    if wav.shape[0] < hop:
+        raise AudioError(f"{entry.strip()}: too short: {wav.shape[0]} samples at {sample_rate} Hz, "
+                         f"need at least {hop} for one code")
     return wav
 
 
@@ -138,11 +145,6 @@ def _encode_group(codec, wavs, device, overlap_seconds) -> List:
         # one model call per group; the codec batches its 30-s chunks up to len(tensors)
         return codec.encode(tensors, overlap_seconds=overlap_seconds, batch_size=len(tensors))
 
-
-def encode_batch(codec, batch, device, overlap_seconds, failures):
-    """Encode (utt, input) pairs, isolating the utterance that makes a batch fail."""
-    return run_isolating_failures(
-        lambda items: _encode_group(codec, items, device, overlap_seconds), batch, "encoding", failures, logger)
 
 def _run(args) -> int:
     import numpy as np
@@ -156,14 +158,36 @@ def _run(args) -> int:
     items = list(inputs.items())
     if args.num_jobs > 1:  # every N-th utterance: jobs get similar mixes of lengths
         items = items[args.job - 1::args.num_jobs]
-    codec, _, device = load_model(args)
+    if args.num_quantizers is not None and args.num_quantizers < 1:
+        raise CLIError(f"--num_quantizers must be >= 1, got {args.num_quantizers}")
+    if model_family(args) == "xy":
+        codec, _, device = load_model(args)
+        nq = args.num_quantizers or codec.num_quantizers
+        if nq > codec.num_quantizers:
+            raise CLIError(f"--num_quantizers {nq}: the model has {codec.num_quantizers} RVQ layers")
+        sample_rate, hop, codebook_size = SAMPLE_RATE, SAMPLES_PER_CODE, codec.codebook_size
+
+        def encode_items(items):  # the first nq RVQ layers (a residual VQ's codes are a prefix)
+            return [c[:nq] for c in _encode_group(codec, items, device, args.overlap_seconds)]
+
+        def frames_ok(n_samples, t):
+            return t == n_samples // hop
+    else:
+        codec, device = load_family_codec(args, args.num_quantizers)
+        nq, sample_rate, hop = codec.num_quantizers, codec.sample_rate, codec.hop_length
+        if len(set(codec.codebook_sizes)) != 1 and fmt == "shards":
+            raise CLIError("--format shards needs one codebook size for every row")
+        codebook_size = codec.codebook_sizes[0]
+        encode_items = codec.encode
+
+        def frames_ok(n_samples, t):  # codecs pad the last frame (ceil) or drop it (floor)
+            return abs(t - n_samples / hop) <= 1
     meta_tables = {}
     if fmt == "shards":
         from xytok.tokens import TokenShardError, TokenShardWriter, make_info
 
         meta_tables = _read_meta_tables(args, {u for u, _ in items})
-        info = make_info(codec.num_quantizers, codec.codebook_size,
-                         frame_rate=SAMPLE_RATE / SAMPLES_PER_CODE, sample_rate=SAMPLE_RATE)
+        info = make_info(nq, codebook_size, frame_rate=sample_rate / hop, sample_rate=sample_rate)
         prefix = "codes" if args.num_jobs == 1 else f"codes.{args.job}of{args.num_jobs}"
         try:
             writer = TokenShardWriter(args.output, info, prefix=prefix,
@@ -191,19 +215,19 @@ def _run(args) -> int:
             batch = []
             for utt, entry in items[i:i + args.batch_size]:
                 try:
-                    batch.append((utt, _load_one(utt, entry)))
+                    batch.append((utt, _load_one(utt, entry, sample_rate, hop)))
                 except AudioError as e:
                     failures.append((utt, str(e)))
             lengths = {u: w.shape[0] for u, w in batch}
-            for utt, codes in encode_batch(codec, batch, device, args.overlap_seconds, failures):
+            for utt, codes in run_isolating_failures(encode_items, batch, "encoding", failures, logger):
                 codes = codes.detach().cpu().numpy() if hasattr(codes, "detach") else np.asarray(codes)
-                expected_t = lengths[utt] // SAMPLES_PER_CODE
-                if codes.ndim != 2 or codes.shape[1] != expected_t:
-                    failures.append((utt, f"codec returned codes of shape {codes.shape}, expected (nq, {expected_t})"))
+                if codes.ndim != 2 or codes.shape[0] != nq or not frames_ok(lengths[utt], codes.shape[1]):
+                    failures.append((utt, f"codec returned codes of shape {codes.shape}, expected "
+                                          f"({nq}, {lengths[utt] / hop:.1f}) for {lengths[utt]} samples"))
                     continue
                 try:
                     if fmt == "shards":
-                        writer.write(utt, codes, duration=lengths[utt] / SAMPLE_RATE,
+                        writer.write(utt, codes, duration=lengths[utt] / sample_rate,
                                      **{k: t.get(utt) for k, t in meta_tables.items()})
                     else:
                         writer.write(utt, codes)
@@ -213,7 +237,7 @@ def _run(args) -> int:
                 n_written += 1
                 total_samples += lengths[utt]
             bar.update(len(items[i:i + args.batch_size]))
-    log_throughput("codes", n_written, len(items), total_samples, args.output, start, SAMPLE_RATE)
+    log_throughput("codes", n_written, len(items), total_samples, args.output, start, sample_rate)
     return report_failures(failures, "utterance(s)")
 
 
