@@ -98,14 +98,47 @@ def test_parallel_matches_serial(scored, tmp_path):
         assert par[u]["pesq_wb"] == serial[u]["pesq_wb"] and par[u]["stoi"] == serial[u]["stoi"]
 
 
-def test_unreadable_and_bad_metric(scored, tmp_path):
+def test_unreadable_and_bad_metric(scored, tmp_path, capsys):
     d, _, _ = scored
     (tmp_path / "hyp.scp").write_text(f"spk1-0880 {tmp_path}/does_not_exist.wav\n")
     rc = score_main(["--ref", str(d / "ref.scp"), "--hyp", str(tmp_path / "hyp.scp"), "--out", str(tmp_path / "o"),
                      "--metrics", "stoi", "--max_utts", "1"])
-    assert rc == 0
+    assert rc == 1  # the one metric scored nothing: a failed run, but summary.json is still written
+    err = capsys.readouterr().err
+    assert "stoi: scored 0 of 1 utterances; most common failure 'unreadable_hypothesis'" in err
+    assert "does_not_exist.wav" in err
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["metrics"]["stoi"]["n_scored"] == 0 and s["metrics"]["stoi"]["mean"] is None
     assert s["metrics"]["stoi"]["failures"]["spk1-0880"].startswith("unreadable_hypothesis")
     assert score_main(["--ref", str(d / "ref.scp"), "--hyp", str(d / "hyp.scp"), "--out", str(tmp_path),
                        "--metrics", "mos"]) == 2
+
+
+@pytest.mark.parametrize("nj", [1, 2])
+def test_backend_that_cannot_load_fails_the_run(scored, tmp_path, capsys, nj):
+    """A SIM model that cannot be built stops the run before scoring (also with worker processes),
+    with one message naming metric, backend and model: not one failure per utterance and exit 0."""
+    d, _, _ = scored
+    missing = tmp_path / "no_such_wavlm"
+    rc = score_main(["--ref", str(d / "ref.scp"), "--hyp", str(d / "hyp.scp"), "--out", str(tmp_path / "o"),
+                     "--metrics", "stoi,sim", "--sim_backend", "wavlm", "--sim_model", str(missing), "--nj", str(nj)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "metric sim: cannot build the SIM backend 'wavlm'" in err and str(missing) in err
+    assert not (tmp_path / "o" / "summary.json").exists()  # nothing scored, nothing claimed
+
+
+def test_stereo_inputs_downmixed_and_counted(scored, tmp_path):
+    d, _, _ = scored
+    x, sr = sf.read(f"{LIBRIVOX}/{UTTS['spk1-0930']}")
+    sf.write(tmp_path / "st.wav", np.stack([x, 0.5 * x], 1), sr)  # stereo, channels differ
+    (tmp_path / "hyp.scp").write_text(f"spk1-0930 {tmp_path}/st.wav\n")
+    (tmp_path / "ref.scp").write_text(f"spk1-0930 {d / 'ref' / 'spk1-0930'}.wav\n")
+    rc = score_main(["--ref", str(tmp_path / "ref.scp"), "--hyp", str(tmp_path / "hyp.scp"),
+                     "--out", str(tmp_path / "o"), "--metrics", "stoi"])
+    assert rc == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["downmix"] == {"method": "mean of the channels", "n_ref_downmixed": 0, "n_hyp_downmixed": 1}
+    assert "downmixed" in s["protocol"]["channels"]
+    # mean of (x, x/2) = 0.75 x: STOI is scale-invariant, so ~1
+    assert s["metrics"]["stoi"]["mean"] > 0.99

@@ -1,6 +1,9 @@
 """Corpus WER counts on hand-made pairs, Kaldi formatting and the normalisers."""
+import json
+
 import pytest
 
+from xytok.eval import normalizer
 from xytok.eval.normalizer import BasicEnglishNormalizer, get_normalizer
 from xytok.eval.wer import corpus_error_counts
 
@@ -51,6 +54,33 @@ def test_cer_counts_characters():
 
 def test_normaliser_registry():
     assert get_normalizer("none")("a  b ") == "a b"
-    assert get_normalizer("whisper_english")("Mister Smith, 2 dogs!").startswith("mister smith")
+    assert get_normalizer("whisper_english_nospelling")("Mister Smith, 2 dogs!").startswith("mister smith")
     with pytest.raises(ValueError, match="unknown normalizer"):
         get_normalizer("klingon")
+
+
+def test_whisper_english_applies_the_spelling_map(tmp_path):
+    spelling = tmp_path / "english.json"
+    spelling.write_text(json.dumps({"colour": "color", "realise": "realize"}))
+    norm = get_normalizer("whisper_english", spelling_map=spelling)
+    assert norm("The Colour, I realise!") == "the color i realize"
+    assert "2 entries" in norm.description and str(spelling) in norm.description
+    # without the map British spellings survive, under a name that says so
+    plain = get_normalizer("whisper_english_nospelling")
+    assert plain("The Colour, I realise!") == "the colour i realise"
+    assert "WITHOUT" in plain.description
+    with pytest.raises(ValueError, match="only used by whisper_english"):
+        get_normalizer("basic_english", spelling_map=spelling)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(RuntimeError, match="bad.json: expected a JSON object"):
+        get_normalizer("whisper_english", spelling_map=tmp_path / "bad.json")
+
+
+def test_whisper_english_without_any_map_fails_loudly(monkeypatch):
+    def offline():
+        raise OSError("offline")
+
+    monkeypatch.setattr(normalizer, "_openai_whisper_english_json", lambda: None)
+    monkeypatch.setattr(normalizer, "_hub_spelling_map", offline)
+    with pytest.raises(RuntimeError, match="spelling map was not found.*whisper_english_nospelling"):
+        get_normalizer("whisper_english")

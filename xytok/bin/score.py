@@ -5,6 +5,12 @@ Example:
       --metrics pesq_wb,pesq_nb,stoi,estoi,sim,wer --out exp/x/decode/test/score --nj 4
 
 Writes OUT/utt_scores.tsv, OUT/summary.json, OUT/wer.txt (Kaldi %WER form), OUT/asr_{ref,hyp}.txt.
+Multi-channel inputs are downmixed to mono (mean of channels) and counted in summary.json.
+
+Exit status: 0 when every metric scored at least one utterance (per-utterance failures are recorded
+in summary.json); 2 for bad arguments or an ASR/SIM model that cannot be built (checked before any
+scoring, the message names the metric, backend and model); 1 when a metric scored no utterance at
+all (the outputs are still written; the message gives the most common failure reason).
 """
 from __future__ import annotations
 
@@ -31,8 +37,13 @@ def get_parser() -> argparse.ArgumentParser:
                         "hubert facebook/hubert-large-ls960-ft)")
     p.add_argument("--sim_backend", default="resemblyzer", choices=["resemblyzer", "wavlm"])
     p.add_argument("--sim_model", default=None, help="wavlm: HF id or local dir (default microsoft/wavlm-base-plus-sv)")
-    p.add_argument("--normalizer", default="basic_english", choices=["basic_english", "whisper_english", "none"],
-                   help="text normaliser applied to references and hypotheses alike")
+    p.add_argument("--normalizer", default="basic_english",
+                   choices=["basic_english", "whisper_english", "whisper_english_nospelling", "none"],
+                   help="text normaliser applied to references and hypotheses alike (see xytok.eval.normalizer)")
+    p.add_argument("--normalizer_spelling_map", default=None,
+                   help="whisper_english: JSON file of Whisper's British->American spelling map (english.json of "
+                        "openai-whisper, normalizer.json of the openai/whisper-* checkpoints); default: found "
+                        "in the openai-whisper package or fetched from openai/whisper-large-v3")
     p.add_argument("--device", default="cpu", help="torch device for ASR/SIM models (cpu, cuda, cuda:0)")
     p.add_argument("--max_utts", type=int, default=None, help="score only the first N reference utterances")
     return p
@@ -43,8 +54,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from xytok.eval.inputs import read_text, resolve_audio_list
     from xytok.eval.normalizer import get_normalizer
-    from xytok.eval.scoring import ALL_METRICS, ScoreConfig, run_scoring
-    from xytok.eval.summary import write_outputs
+    from xytok.eval.scoring import ALL_METRICS, BackendError, ScoreConfig, run_scoring
+    from xytok.eval.summary import unscored_metrics, write_outputs
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     bad = [m for m in metrics if m not in ALL_METRICS]
@@ -56,12 +67,20 @@ def main(argv=None) -> int:
     if args.max_utts:
         ref_list = dict(sorted(ref_list.items())[: args.max_utts])
     texts = read_text(args.text) if args.text else None
-    normalizer = get_normalizer(args.normalizer)
+    try:
+        normalizer = get_normalizer(args.normalizer, spelling_map=args.normalizer_spelling_map)
+    except (RuntimeError, OSError, ValueError) as e:
+        print(f"xytok score: normalizer {args.normalizer!r}: {e}", file=sys.stderr)
+        return 2
     cfg = ScoreConfig(metrics=metrics, asr_backend=args.asr_backend, asr_model=args.asr_model,
                       sim_backend=args.sim_backend, sim_model=args.sim_model, device=args.device)
     logging.getLogger("xytok.score").info("scoring %d references against %s (%d entries), metrics %s, nj=%d",
                                           len(ref_list), args.hyp, len(hyp_list), ",".join(metrics), args.nj)
-    results = run_scoring(ref_list, hyp_list, cfg, nj=args.nj)
+    try:
+        results = run_scoring(ref_list, hyp_list, cfg, nj=args.nj)
+    except BackendError as e:
+        print(f"xytok score: {e}", file=sys.stderr)
+        return 2
     summary = write_outputs(args.out, results, metrics, cfg, normalizer, texts,
                             inputs={"ref": args.ref, "hyp": args.hyp, "text": args.text,
                                     "n_ref": len(ref_list), "n_hyp": len(hyp_list)})
@@ -73,7 +92,10 @@ def main(argv=None) -> int:
             if k in summary["wer"]:
                 print(f"{k:17s} {summary['wer'][k]['kaldi']}")
     print(f"wrote {args.out}/utt_scores.tsv, summary.json" + (", wer.txt" if "wer" in metrics else ""))
-    return 0
+    unscored = unscored_metrics(summary)
+    for msg in unscored.values():
+        print(f"xytok score: ERROR: {msg}", file=sys.stderr)
+    return 1 if unscored else 0
 
 
 if __name__ == "__main__":

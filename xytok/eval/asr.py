@@ -2,7 +2,10 @@
 
 - `pocketsphinx`: offline (the model ships with the PyPI wheel), the CI default; weak, LM-bound.
 - `whisper`: transformers WhisperForConditionalGeneration, default `openai/whisper-large-v3`,
-  English transcription, greedy; audio longer than 30 s is transcribed in consecutive 30 s windows.
+  English transcription, greedy; audio longer than 30 s is transcribed whole with Whisper's
+  sequential long-form decoding (transformers `generate` on the full log-mel with timestamps: each
+  30-s window resumes at the last predicted timestamp, as openai-whisper's `transcribe` does), so
+  words at a window edge are not cut (LibriSpeech test-clean has utterances up to 35 s).
 - `hubert`: transformers HubertForCTC + Wav2Vec2Processor, default `facebook/hubert-large-ls960-ft`
   (the model codec papers use on LibriSpeech), greedy CTC.
 Any local directory saved with `save_pretrained` works as `--asr_model`.
@@ -61,15 +64,20 @@ class WhisperASR:
         import torch
 
         wav = np.asarray(wav, dtype=np.float32)
-        pieces = []
-        for start in range(0, max(len(wav), 1), self.window):
-            chunk = wav[start:start + self.window]
-            feats = self.processor.feature_extractor(chunk, sampling_rate=SAMPLE_RATE, return_tensors="pt")
-            with torch.inference_mode():
-                ids = self.model.generate(feats.input_features.to(self.device),
-                                          max_new_tokens=self.max_new_tokens, **self.gen_kwargs)
-            pieces.append(self.processor.batch_decode(ids, skip_special_tokens=True)[0].strip())
-        return " ".join(p for p in pieces if p)
+        fe = self.processor.feature_extractor
+        if len(wav) <= self.window:  # short-form: one window, padded to 30 s
+            feats = fe(wav, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            kwargs = {}
+        else:  # long-form: the whole log-mel, unpadded; generate walks it window by window
+            feats = fe(wav, sampling_rate=SAMPLE_RATE, return_tensors="pt", truncation=False,
+                       padding="longest", return_attention_mask=True)
+            kwargs = {"attention_mask": feats.attention_mask.to(self.device), "return_timestamps": True,
+                      "condition_on_prev_tokens": False}
+        with torch.inference_mode():
+            out = self.model.generate(feats.input_features.to(self.device), max_new_tokens=self.max_new_tokens,
+                                      **self.gen_kwargs, **kwargs)
+        ids = out["sequences"] if isinstance(out, dict) else out
+        return " ".join(self.processor.batch_decode(ids, skip_special_tokens=True)[0].split())
 
 
 class HubertASR:

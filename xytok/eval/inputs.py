@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xytok.audio import AudioError, load_audio
+from xytok.audio import AudioError, AudioInfo, load_audio
 from xytok.data.table import read_table
 
 SAMPLE_RATE = 16000
@@ -47,15 +47,19 @@ def resolve_audio_list(path: str | os.PathLike) -> dict[str, str]:
     raise FileNotFoundError(f"{p}: neither a wav.scp file nor a directory")
 
 
-def load_wav(entry: str, target_sr: int = SAMPLE_RATE, utt: str | None = None) -> tuple[np.ndarray, int]:
-    """Load one wav.scp entry as mono float64 at `target_sr`; returns (wav, original rate).
+def load_wav_info(entry: str, target_sr: int = SAMPLE_RATE, utt: str | None = None) -> tuple[np.ndarray, AudioInfo]:
+    """Load one wav.scp entry as mono float64 at `target_sr`; returns (wav, AudioInfo).
 
     xytok.audio.load_audio (the one loader: files, pipes, ark offsets, tar members; polyphase
-    resampling with the exact rate ratio). Scoring compares signals, so multi-channel input is an
-    error here instead of being downmixed. Raises AudioReadError (= AudioError) naming the entry.
+    resampling with the exact rate ratio). Multi-channel input is downmixed to the mean of its
+    channels, as everywhere else in the toolkit; `info.downmixed` says so, and scoring counts it in
+    summary.json. Raises AudioReadError (= AudioError) naming the entry.
     """
     wav, info = load_audio(entry, target_sr=target_sr, utt=utt)
-    if info.orig_channels != 1:
-        what = f"utterance {utt!r} ({info.source})" if utt else info.source
-        raise AudioReadError(f"{what}: has {info.orig_channels} channels; scoring needs mono")
-    return wav.astype(np.float64), info.orig_sample_rate
+    return wav.astype(np.float64), info
+
+
+def load_wav(entry: str, target_sr: int = SAMPLE_RATE, utt: str | None = None) -> tuple[np.ndarray, int]:
+    """`load_wav_info` returning (wav, original sample rate)."""
+    wav, info = load_wav_info(entry, target_sr=target_sr, utt=utt)
+    return wav, info.orig_sample_rate

@@ -5,8 +5,13 @@ alone moves WER noticeably (e.g. X-Codec-2.0#29: ground-truth WER 2.50 vs 1.96).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
+import os
 import re
 import unicodedata
+from pathlib import Path
 
 # Apostrophe-like characters folded to a plain ASCII apostrophe.
 _APOSTROPHES = "\u2019\u2018\u02bc\u0060\u00b4"
@@ -31,23 +36,93 @@ class BasicEnglishNormalizer:
         return " ".join(text.split())
 
 
+# Whisper's British->American spelling map (~1,700 words) is a data file, not code: openai-whisper
+# ships it as whisper/normalizers/english.json and the openai/whisper-* checkpoints as normalizer.json
+# (the same mapping); transformers' EnglishTextNormalizer only applies a map it is given.
+WHISPER_SPELLING_REPO = "openai/whisper-large-v3"
+
+
+def _openai_whisper_english_json() -> Path | None:
+    """english.json of an installed openai-whisper package, found without importing it (heavy)."""
+    spec = importlib.util.find_spec("whisper")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        p = Path(loc) / "normalizers" / "english.json"
+        if p.is_file():
+            return p
+    return None
+
+
+def _hub_spelling_map() -> Path:
+    """normalizer.json of the reference Whisper checkpoint (the HF cache, else a 50 kB download)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(WHISPER_SPELLING_REPO, "normalizer.json"))
+
+
+def load_spelling_map(path: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """(mapping, where it came from): `path`, else openai-whisper's english.json, else the hub's
+    normalizer.json. RuntimeError saying what was tried when none is available."""
+    if path is not None:
+        source = Path(path)
+    else:
+        source = _openai_whisper_english_json()
+        if source is None:
+            try:
+                source = _hub_spelling_map()
+            except Exception as e:  # noqa: BLE001 - offline, no cache, hub error: all mean "not available"
+                raise RuntimeError(
+                    "Whisper's English spelling map was not found: openai-whisper is not installed and "
+                    f"{WHISPER_SPELLING_REPO}/normalizer.json could not be fetched ({type(e).__name__}: {e}); "
+                    "pass --normalizer_spelling_map FILE (english.json / normalizer.json), or use "
+                    "--normalizer whisper_english_nospelling") from e
+    try:
+        mapping = json.loads(Path(source).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"spelling map {source}: cannot read it as JSON ({e})") from e
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise RuntimeError(f"spelling map {source}: expected a JSON object of word -> word")
+    return mapping, str(source)
+
+
 class WhisperEnglishNormalizer:
-    """`whisper_english`: transformers' Whisper EnglishTextNormalizer (the one used by Whisper's and
-    several codec papers' evaluations: spells out/standardises numbers, British->American spelling
-    when the mapping is available, removes fillers)."""
+    """`whisper_english`: Whisper's English normaliser (transformers' EnglishTextNormalizer, as in
+    Whisper's and several codec papers' evaluations: standardises numbers, removes fillers and
+    bracketed text, expands contractions) WITH Whisper's British->American spelling map
+    (see `load_spelling_map`); the map's source and size are in the description."""
 
     name = "whisper_english"
-    description = "whisper_english: transformers.models.whisper.english_normalizer.EnglishTextNormalizer"
 
-    def __init__(self, spelling_mapping: dict | None = None):
-        try:
-            from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise RuntimeError("normalizer 'whisper_english' needs transformers (pip install transformers)") from e
-        self._norm = EnglishTextNormalizer(spelling_mapping or {})
+    def __init__(self, spelling_map: str | os.PathLike | None = None):
+        mapping, source = load_spelling_map(spelling_map)
+        self._norm = _english_text_normalizer(mapping)
+        digest = hashlib.sha1(json.dumps(mapping, sort_keys=True).encode()).hexdigest()[:12]
+        self.description = ("whisper_english: transformers.models.whisper.english_normalizer.EnglishTextNormalizer "
+                            f"with Whisper's spelling map ({len(mapping)} entries, sha1 {digest}, from {source})")
 
     def __call__(self, text: str) -> str:
         return " ".join(self._norm(text).split())
+
+
+class WhisperEnglishNoSpellingNormalizer(WhisperEnglishNormalizer):
+    """`whisper_english_nospelling`: the same EnglishTextNormalizer with an empty spelling map (British
+    spellings stay as they are): named apart because it is not Whisper's normaliser."""
+
+    name = "whisper_english_nospelling"
+    description = ("whisper_english_nospelling: transformers.models.whisper.english_normalizer.EnglishTextNormalizer "
+                   "WITHOUT the British->American spelling map")
+
+    def __init__(self, spelling_map=None):
+        if spelling_map is not None:
+            raise ValueError("whisper_english_nospelling takes no spelling map (use whisper_english)")
+        self._norm = _english_text_normalizer({})
+
+
+def _english_text_normalizer(mapping: dict):
+    try:
+        from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise RuntimeError("the whisper_english normalizers need transformers (pip install transformers)") from e
+    return EnglishTextNormalizer(mapping)
 
 
 class IdentityNormalizer:
@@ -63,11 +138,17 @@ class IdentityNormalizer:
 NORMALIZERS = {
     "basic_english": BasicEnglishNormalizer,
     "whisper_english": WhisperEnglishNormalizer,
+    "whisper_english_nospelling": WhisperEnglishNoSpellingNormalizer,
     "none": IdentityNormalizer,
 }
 
 
-def get_normalizer(name: str):
+def get_normalizer(name: str, spelling_map: str | os.PathLike | None = None):
+    """The normaliser `name`; `spelling_map` (a JSON file) only for whisper_english."""
     if name not in NORMALIZERS:
         raise ValueError(f"unknown normalizer {name!r}; choose from {sorted(NORMALIZERS)}")
+    if name == "whisper_english":
+        return WhisperEnglishNormalizer(spelling_map)
+    if spelling_map is not None:
+        raise ValueError(f"a spelling map is only used by whisper_english, not {name!r}")
     return NORMALIZERS[name]()

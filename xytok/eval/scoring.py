@@ -1,18 +1,22 @@
 """Score reconstructions against references: signal metrics, SIM and ASR transcripts per utterance
 (parallel over processes), then corpus WER and summary statistics.
 
+The ASR/SIM backends are built once per process before any utterance is scored; one that cannot be
+built (bad model id/path, missing package, offline without a cache) raises `BackendError` naming the
+metric, backend and model, instead of becoming one failure per utterance.
+
 Each worker process runs with one thread (OMP_NUM_THREADS=1, torch.set_num_threads(1)): the metric
 libraries and resemblyzer oversubscribe the CPU otherwise; parallelism comes from `nj` processes.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
 
-
-from xytok.eval.inputs import AudioReadError, load_wav
+from xytok.eval.inputs import AudioReadError, load_wav_info
 from xytok.eval.metrics import SIGNAL_METRICS, compute_signal_metrics
 from xytok.progress import ProgressLog
 
@@ -40,13 +44,37 @@ class UttResult:
     hyp_samples: int = 0
     asr_ref: str | None = None
     asr_hyp: str | None = None
+    ref_downmixed: bool = False  # multi-channel input averaged to mono
+    hyp_downmixed: bool = False
 
 
-# Per-process state: backends are built once per worker, on first use.
+class BackendError(RuntimeError):
+    """An ASR/SIM backend could not be built; the message names the metric, backend and model."""
+
+
+def build_backends(cfg: ScoreConfig) -> dict:
+    """{"asr": ..., "sim": ...} for the model-based metrics in cfg.metrics; BackendError if one fails."""
+    from xytok.eval import asr, sim
+
+    wanted = [("wer", "asr", cfg.asr_backend, cfg.asr_model, asr.get_asr_backend, asr.DEFAULT_MODELS),
+              ("sim", "sim", cfg.sim_backend, cfg.sim_model, sim.get_sim_backend, sim.DEFAULT_MODELS)]
+    out = {}
+    for metric, kind, name, model, factory, defaults in wanted:
+        if metric not in cfg.metrics:
+            continue
+        try:
+            out[kind] = factory(name, model, cfg.device)
+        except Exception as e:  # noqa: BLE001 - whatever the library raises, say which model failed
+            raise BackendError(f"metric {metric}: cannot build the {kind.upper()} backend {name!r} with model "
+                               f"{model or defaults.get(name, '?')!r}: {type(e).__name__}: {e}") from e
+    return out
+
+
+# Per-process state: the config, and the backends built once per process before scoring.
 _STATE: dict = {}
 
 
-def _init_worker(cfg: ScoreConfig) -> None:
+def _init_worker(cfg: ScoreConfig, backends: dict | None = None) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     try:
@@ -57,31 +85,32 @@ def _init_worker(cfg: ScoreConfig) -> None:
         pass
     _STATE.clear()
     _STATE["cfg"] = cfg
+    if backends is not None:
+        _STATE["backends"] = backends
+        return
+    try:
+        _STATE["backends"] = build_backends(cfg)
+    except BackendError as e:
+        # Raising in a Pool initializer makes the pool respawn workers forever; keep the error and
+        # raise it from the first job instead, which ends the run in the parent.
+        _STATE["init_error"] = e
 
 
 def _backend(kind: str):
-    if kind not in _STATE:
-        cfg = _STATE["cfg"]
-        if kind == "asr":
-            from xytok.eval.asr import get_asr_backend
-
-            _STATE[kind] = get_asr_backend(cfg.asr_backend, cfg.asr_model, cfg.device)
-        else:
-            from xytok.eval.sim import get_sim_backend
-
-            _STATE[kind] = get_sim_backend(cfg.sim_backend, cfg.sim_model, cfg.device)
-    return _STATE[kind]
+    return _STATE["backends"][kind]
 
 
 def score_one(job: tuple) -> UttResult:
     """job = (utt_id, ref entry, hyp entry or None). Every failure is recorded, never raised."""
+    if "init_error" in _STATE:
+        raise _STATE["init_error"]
     utt, ref_entry, hyp_entry = job
     cfg: ScoreConfig = _STATE["cfg"]
     res = UttResult(utt)
     wanted = list(cfg.metrics)
     try:
-        ref, _ = load_wav(ref_entry)
-        res.ref_samples = len(ref)
+        ref, info = load_wav_info(ref_entry, utt=utt)
+        res.ref_samples, res.ref_downmixed = len(ref), info.downmixed
     except AudioReadError as e:
         res.failures = {m: f"unreadable_reference: {e}" for m in wanted}
         return res
@@ -95,8 +124,8 @@ def score_one(job: tuple) -> UttResult:
             res.failures.setdefault(m, "missing_hypothesis: no entry for this utterance id in HYP")
         return res
     try:
-        hyp, _ = load_wav(hyp_entry)
-        res.hyp_samples = len(hyp)
+        hyp, info = load_wav_info(hyp_entry, utt=utt)
+        res.hyp_samples, res.hyp_downmixed = len(hyp), info.downmixed
     except AudioReadError as e:
         for m in wanted:
             res.failures.setdefault(m, f"unreadable_hypothesis: {e}")
@@ -123,7 +152,9 @@ def score_one(job: tuple) -> UttResult:
 
 
 def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -> list[UttResult]:
-    """Score every utterance in `ref_list` (hyp missing -> recorded failure), `nj` processes."""
+    """Score every utterance in `ref_list` (hyp missing -> recorded failure), `nj` processes.
+
+    Raises BackendError before scoring anything when an ASR/SIM backend cannot be built."""
     unknown = set(cfg.metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(ALL_METRICS)}")
@@ -135,12 +166,18 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
     results = []
     progress = ProgressLog(len(jobs), "scored", logger=log).update
 
+    # Build the backends here first: a model that cannot load fails the run now, with its name,
+    # not once per utterance (nor once per worker).
+    backends = build_backends(cfg)
     if nj == 1:
-        _init_worker(cfg)
+        _init_worker(cfg, backends)
         for i, job in enumerate(jobs, 1):
             results.append(score_one(job))
             progress(i)
     else:
+        # The workers build their own copies (once each); free the parent's check copy first.
+        del backends
+        gc.collect()
         # spawn: fresh interpreters, so no thread pools/backends are inherited half-initialised.
         with mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(cfg,)) as pool:
             for i, r in enumerate(pool.imap_unordered(score_one, jobs, chunksize=1), 1):

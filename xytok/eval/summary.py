@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from xytok.eval.wer import corpus_error_counts
 PROTOCOL = {
     "sample_rate": SAMPLE_RATE,
     "resampling": "only inputs not at 16 kHz: scipy.signal.resample_poly with the exact rate ratio",
+    "channels": "multi-channel inputs downmixed to mono (mean of the channels), counted in summary['downmix']",
     "length_alignment": "both signals truncated to the shorter one before PESQ/STOI/SIM; samples cut recorded",
     "pesq_wb": "pesq.pesq(16000, ref, deg, 'wb')  (ITU-T P.862.2 MOS-LQO)",
     "pesq_nb": "pesq.pesq(16000, ref, deg, 'nb')  (P.862 narrow-band mode applied to the 16 kHz signals)",
@@ -57,6 +59,29 @@ def wer_blocks(results, texts: dict | None, normalizer) -> dict:
 
 def primary_wer_key(blocks: dict) -> str:
     return "recon_vs_text" if "recon_vs_text" in blocks else "recon_vs_asr_ref"
+
+
+def unscored_metrics(summary: dict) -> dict:
+    """{metric: message} for every metric that scored no utterance at all, with its most common
+    failure reason (the tag before the first ':') and one full example."""
+    out = {}
+    per_metric = {m: (s["n_scored"], s["failures"]) for m, s in summary["metrics"].items()}
+    if "wer" in summary:
+        w = summary["wer"]
+        per_metric["wer"] = (w.get(w.get("primary") or "", {}).get("n_utts", 0), w["failures"])
+    for m, (n, failures) in per_metric.items():
+        if n:
+            continue
+        if not failures:
+            why = "no reference utterance, or none with a transcript in --text" if m == "wer" else "no reference utterance"
+            out[m] = f"{m}: scored 0 utterances ({why})"
+            continue
+        tags = Counter(reason.split(":", 1)[0] for reason in failures.values())
+        tag, count = tags.most_common(1)[0]
+        utt, example = next((u, r) for u, r in failures.items() if r.split(":", 1)[0] == tag)
+        out[m] = (f"{m}: scored 0 of {len(failures)} utterances; most common failure {tag!r} ({count}x), "
+                  f"e.g. {utt}: {example}")
+    return out
 
 
 def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs: dict | None = None) -> dict:
@@ -126,6 +151,11 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
         "total_samples_cut": int(sum(cut)),
         "max_samples_cut": int(max(cut, default=0)),
         "mean_samples_cut": float(sum(cut) / len(cut)) if cut else 0.0,
+    }
+    summary["downmix"] = {
+        "method": "mean of the channels",
+        "n_ref_downmixed": sum(r.ref_downmixed for r in results),
+        "n_hyp_downmixed": sum(r.hyp_downmixed for r in results),
     }
     summary["failures_by_utt"] = {r.utt_id: r.failures for r in results if r.failures}
     summary["n_utts_with_failure"] = len(summary["failures_by_utt"])
