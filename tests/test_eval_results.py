@@ -8,7 +8,7 @@ import soundfile as sf
 from xytok.bin.collect_results import main as collect_main
 from xytok.bin.make_results import main as make_main
 from xytok.bin.score import main as score_main
-from xytok.eval.results import COLUMNS, codec_info
+from xytok.eval.results import COLUMNS, codec_info, model_row
 from golden import TINY_A
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -82,3 +82,20 @@ def test_make_results_and_collect(tmp_path):
     table = out.read_text()
     assert "| ours (test) | stage1_tiny |" in table
     assert "| paper | XY-Tokenizer | 1k | 12.5 | 0.13 | 0.83 | 0.91 | 3.00 | 2.41 |" in table
+
+
+def test_n_per_metric_where_they_differ():
+    """N is the largest count; a metric that lost utterances to failures shows its own N."""
+    def m(mean, n):
+        return {"mean": mean, "n_scored": n}
+
+    summary = {"metrics": {"pesq_wb": m(2.41, 100), "pesq_nb": m(3.0, 97), "stoi": m(0.91, 100), "sim": m(0.83, 100)},
+               "wer": {"primary": "recon_vs_text", "recon_vs_text": {"rate": 0.05, "n_utts": 99}}}
+    row = model_row("x", summary, None, codec_info(None))
+    assert row["N"] == "100"
+    assert row["PESQ-WB"] == "2.41" and row["STOI"] == "0.91" and row["SIM"] == "0.83"
+    assert row["PESQ-NB"] == "3.00 (N=97)" and row["WER (recon)"] == "5.00% (N=99)"
+    summary["metrics"]["pesq_nb"]["n_scored"] = 100
+    summary["wer"]["recon_vs_text"]["n_utts"] = 100
+    row = model_row("x", summary, None, codec_info(None))
+    assert "(N=" not in "".join(row.values())  # all equal: one N column only

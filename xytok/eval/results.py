@@ -119,21 +119,41 @@ def find_config(exp_dir: Path, probe: dict | None) -> str | None:
     return None
 
 
+# Table column -> summary.json metric, for the per-metric N.
+COLUMN_METRICS = {"SIM": "sim", "STOI": "stoi", "PESQ-NB": "pesq_nb", "PESQ-WB": "pesq_wb"}
+N_NOTE = ("N = utterances scored (the largest count over the metrics); a cell computed on fewer "
+          "utterances (some failed) says so as `(N=k)`.")
+
+
+def column_counts(summary) -> dict:
+    """{table column: utterances it was computed on} for SIM/STOI/PESQ and WER (recon)."""
+    metrics = summary.get("metrics", {})
+    out = {col: metrics[m].get("n_scored", 0) for col, m in COLUMN_METRICS.items() if m in metrics}
+    wer = summary.get("wer", {})
+    recon = wer.get(wer.get("primary") or "", {})
+    if recon:
+        out["WER (recon)"] = recon.get("n_utts", 0)
+    return out
+
+
 def model_row(name, summary, probe, info) -> dict:
     wer = summary.get("wer", {})
     recon = wer.get(wer.get("primary") or "", {})
-    n = max((s.get("n_scored", 0) for s in summary.get("metrics", {}).values()), default=0)
-    if recon:
-        n = max(n, recon.get("n_utts", 0))
-    return {
+    row = {
         "Codec": name, "BPS": _fmt_bps(info["bps"]),
         "Frame rate": DASH if info["frame_rate"] is None else f"{info['frame_rate']:g}",
         "WER": _f(probe["wer"]) if probe else DASH,
         "SIM": _f(_metric(summary, "sim")), "STOI": _f(_metric(summary, "stoi")),
         "PESQ-NB": _f(_metric(summary, "pesq_nb")), "PESQ-WB": _f(_metric(summary, "pesq_wb")),
         "WER (recon)": f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
-        "N": str(n),
     }
+    counts = column_counts(summary)
+    n = max(counts.values(), default=0)
+    for col, k in counts.items():  # metrics that lost utterances to failures carry their own N
+        if k < n and row[col] != DASH:
+            row[col] = f"{row[col]} (N={k})"
+    row["N"] = str(n)
+    return row
 
 
 def probe_control_row(name, control, info) -> dict:
@@ -239,7 +259,7 @@ def write_results_md(output, entries, title="RESULTS") -> str:
         out += [f"## {test_set}", "", markdown_table(rows), "",
                 "WER = text-alignment probe WER (fraction); WER (recon) = ASR on reconstructions vs the "
                 "reference transcripts (%); ground truth = reference audio through the same ASR "
-                "(its SIM/STOI/PESQ vs itself are trivial: —).", "", "### Protocol", ""]
+                "(its SIM/STOI/PESQ vs itself are trivial: —). " + N_NOTE, "", "### Protocol", ""]
         # the probe (full codes) is on the all-layer entry; rows at fewer layers have none
         with_probe = next((e for e in es if e["probe"]), es[0])
         out += protocol_lines(es[0]["summary"], with_probe["probe"], test_set, with_probe.get("probe_control"))
@@ -273,6 +293,8 @@ def comparison_table(entries, with_paper=True) -> str:
                          "SIM": _f(sim), "STOI": _f(stoi), "PESQ-NB": _f(nb), "PESQ-WB": _f(wb),
                          "WER (recon)": DASH, "N": DASH})
     text = markdown_table(rows, cols)
+    if entries:
+        text += "\n\n" + N_NOTE
     if with_paper:
         text += f"\n\npaper: {PAPER_SOURCE}. Our protocol: see each RESULTS.md / summary.json."
     return text
