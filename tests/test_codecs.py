@@ -191,3 +191,39 @@ def test_cli_family_errors(models, tmp_path, caplog):
     assert "--num_quantizers 9 not supported" in caplog.text
     assert encode.main([str(wavs), out, "--model", f"dac:{models['dac']}", "--model_dir", "x"]) == 1
     assert "--model_dir is for xy models" in caplog.text
+
+
+def test_probe_takes_a_codec(models, tmp_path):
+    """xytok.bin.probe --codec FAMILY:DIR: features from the family's embed (at its rate, repeated
+    to ~50 Hz), a WER in probe.json, and the codec's facts recorded."""
+    import json
+
+    import soundfile as sf
+
+    from xytok.bin.probe import main
+
+    for name, n in (("train", 6), ("valid", 2)):
+        d = tmp_path / name
+        d.mkdir()
+        scp, text = [], []
+        for i in range(n):
+            p = d / f"{name}{i}.wav"
+            sf.write(p, _wav(0.8, 16000, seed=i), 16000)
+            scp.append(f"{name}{i} {p}\n")
+            text.append(f"{name}{i} HELLO WORLD\n")
+        (d / "wav.scp").write_text("".join(scp))
+        (d / "text").write_text("".join(text))
+    for family, up in (("mimi", 4), ("dac", 1)):
+        out = tmp_path / f"probe_{family}"
+        assert main(["--codec", f"{family}:{models[family]}", "--train_data", str(tmp_path / "train"),
+                     "--valid_data", str(tmp_path / "valid"), "--out", str(out), "--hidden", "8",
+                     "--epochs", "1"]) == 0
+        res = json.loads((out / "probe.json").read_text())
+        assert 0 <= res["wer"] and res["n_valid"] == 2 and res["probe_config"]["upsample"] == up
+        assert res["codec"]["family"] == family and f"repeated x{up}" in res["features"]
+        import kaldiio
+
+        feats = dict(kaldiio.load_scp(str(out / "feats" / "valid.scp")))
+        codec = load_codec_family(f"{family}:{models[family]}")
+        want = codec.embed(_wav(0.8, codec.sample_rate, seed=0))
+        assert feats["valid0"].shape[1] == want.shape[1]

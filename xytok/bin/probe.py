@@ -3,6 +3,12 @@
   python -m xytok.bin.probe --model exp/stage1_x --train_data dump/raw/train --valid_data dump/raw/dev \\
       --out exp/stage1_x/probe
 
+  python -m xytok.bin.probe --codec mimi:kyutai/mimi --num_quantizers 8 --train_data ... --valid_data ... --out D
+
+--codec FAMILY:ID_OR_DIR probes any codec of xytok.codecs (xy, dac, encodec, mimi) through its
+``embed`` (continuous quantised embeddings of its codes, audio resampled to the codec's rate);
+frames are repeated to ~50 Hz (x4 for 12.5 Hz codecs, none for >= 50 Hz ones).
+
 Writes OUT/probe.json (WER, CER, counts, settings), OUT/wer.txt (Kaldi form), OUT/hyp.txt and caches
 the features in OUT/feats/*.ark (reused when the model and data are unchanged).
 """
@@ -21,6 +27,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="exp dir (with export/), export dir, or config.yaml (model.ckpt beside it)")
     p.add_argument("--config", default=None, help="codec config.yaml (alternative to --model)")
     p.add_argument("--checkpoint", default=None, help="codec model.ckpt (with --config)")
+    p.add_argument("--codec", default=None, metavar="FAMILY:ID_OR_DIR",
+                   help="probe a codec of xytok.codecs (xy, dac, encodec, mimi) instead of --model/--config")
+    p.add_argument("--num_quantizers", type=int, default=None,
+                   help="with --codec: embeddings of the first N codebooks (default: the codec's setting)")
     p.add_argument("--random_init", action="store_true", help="probe a randomly initialised codec (baseline)")
     p.add_argument("--codebook_init", choices=("kmeans", "zero"), default="kmeans",
                    help="with --random_init: k-means codebooks on --train_data frames, as training step 0 "
@@ -54,6 +64,23 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def spec_fingerprint(spec: str, codec) -> str:
+    """Feature-cache key of a --codec model: the spec, its settings and its local files' sizes/mtimes."""
+    import hashlib
+    import os
+
+    from xytok.codecs import parse_spec
+
+    h = hashlib.sha1(json.dumps(codec.describe(), sort_keys=True).encode())
+    ident = parse_spec(spec)[1]
+    if os.path.isdir(ident):
+        for f in sorted(Path(ident).rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -61,13 +88,23 @@ def main(argv=None) -> int:
 
     from xytok.eval.inputs import read_text
     from xytok.eval.probe import (ProbeConfig, cache_features, kmeans_init_codebooks, load_items,
-                                  model_fingerprint, resolve_model, train_and_evaluate)
+                                  model_fingerprint, resolve_model, train_and_evaluate, upsample_factor)
 
     torch.set_num_threads(args.nthreads)
-    config, ckpt = resolve_model(args.model, args.config, args.checkpoint, args.random_init)
+    family_codec = None
+    if args.codec:
+        if args.model or args.config or args.random_init:
+            raise SystemExit("probe: --codec replaces --model/--config/--random_init")
+        from xytok.codecs import load_codec_family
+
+        family_codec = load_codec_family(args.codec, device=args.device, num_quantizers=args.num_quantizers)
+        config, ckpt = None, None
+        fp = spec_fingerprint(args.codec, family_codec)
+    else:
+        config, ckpt = resolve_model(args.model, args.config, args.checkpoint, args.random_init)
+        fp = model_fingerprint(config, ckpt)
     out = Path(args.out)
     feat_dir = Path(args.feat_dir) if args.feat_dir else out / "feats"
-    fp = model_fingerprint(config, ckpt)
     if args.random_init:  # the untrained weights depend on the seed, the codebooks on their init
         fp = f"{fp}-seed{args.seed}-{args.codebook_init}{args.codebook_init_frames}"
     scps = {}
@@ -75,7 +112,7 @@ def main(argv=None) -> int:
         for f in ("wav.scp", "text"):
             if not (Path(d) / f).is_file():
                 raise FileNotFoundError(f"{d}/{f} not found (the probe needs a Kaldi data dir with wav.scp and text)")
-    codec = None
+    codec = family_codec
     for name, d in (("train", args.train_data), ("valid", args.valid_data)):
         meta = feat_dir / f"{name}.meta.json"
         if codec is None and not (meta.is_file() and json.loads(meta.read_text()).get("model") == fp):
@@ -94,7 +131,8 @@ def main(argv=None) -> int:
                       batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed,
                       warmup=args.warmup, schedule=args.schedule, lr_min_ratio=args.lr_min_ratio,
                       grad_clip=args.grad_clip, weight_decay=args.weight_decay, subsample=args.subsample,
-                      frame_dropout=args.frame_dropout)
+                      frame_dropout=args.frame_dropout,
+                      upsample=upsample_factor(family_codec.frame_rate) if family_codec else 4)
     res = train_and_evaluate(load_items(scps["train"]), load_items(scps["valid"]),
                              read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg)
     hyps = res.pop("hyps")
@@ -103,7 +141,11 @@ def main(argv=None) -> int:
                 "codebook_init_frames": (args.codebook_init_frames
                                          if args.random_init and args.codebook_init == "kmeans" else None),
                 "train_data": args.train_data, "valid_data": args.valid_data,
-                "features": "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz"
+                "codec": family_codec.describe() if family_codec else None,
+                "features": (f"{family_codec.family} embed(): continuous quantised embeddings of its "
+                             f"{family_codec.num_quantizers} codebook(s), {family_codec.frame_rate:g} Hz, audio "
+                             f"resampled to {family_codec.sample_rate} Hz, repeated x{cfg.upsample}"
+                             if family_codec else "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz")
                             + (f", 1 frame in {args.subsample} kept ({50 // args.subsample} Hz LSTM input)"
                                if args.subsample > 1 else "")
                             + ", standardised per dimension with train-set statistics",

@@ -110,8 +110,15 @@ def kmeans_init_codebooks(codec, data_dir: str, max_frames: int = 5000, device: 
     return n
 
 
+def upsample_factor(frame_rate: float) -> int:
+    """Frame repetition that brings a codec's frames to ~50 Hz (4 for 12.5 Hz; 1 for >= 50 Hz)."""
+    return max(1, int(round(50.0 / frame_rate)))
+
+
 def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint: str, device: str = "cpu") -> str:
-    """Extract z_q for every utterance of a Kaldi data dir into feat_dir/name.{ark,scp}; reuse if valid."""
+    """Extract z_q for every utterance of a Kaldi data dir into feat_dir/name.{ark,scp}; reuse if valid.
+
+    ``codec``: an XYTokenizer, or any xytok.codecs.Codec (its ``embed`` at its own sample rate)."""
     import kaldiio
 
     from xytok.eval.inputs import load_wav, read_scp
@@ -127,9 +134,11 @@ def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint:
     prog, skipped = ProgressLog(len(wavs), f"{name}: features", logger=log), 0
     with kaldiio.WriteHelper(f"ark,scp:{feat_dir / name}.ark,{scp}") as writer:
         for i, utt in enumerate(sorted(wavs), 1):
-            wav, _ = load_wav(wavs[utt])
             try:
-                writer(utt, extract_zq(codec, wav, device))
+                if hasattr(codec, "embed"):  # xytok.codecs interface: audio at the codec's rate
+                    writer(utt, codec.embed(load_wav(wavs[utt], target_sr=codec.sample_rate)[0].astype(np.float32)))
+                else:
+                    writer(utt, extract_zq(codec, load_wav(wavs[utt])[0], device))
             except ValueError as e:
                 skipped += 1
                 log.warning("%s: %s: skipped (%s)", name, utt, e)
@@ -195,6 +204,9 @@ class ProbeConfig:
     subsample: int = 1
     # Probability of zeroing whole input frames while training (regularises small train sets).
     frame_dropout: float = 0.0
+    # Frame repetition before the LSTM (codec frames -> ~50 Hz): 4 for 12.5 Hz codecs (the paper),
+    # 1 for codecs at >= 50 Hz (upsample_factor).
+    upsample: int = UPSAMPLE
 
 
 def _batches(items, batch_size, shuffle, rng):
@@ -205,8 +217,8 @@ def _batches(items, batch_size, shuffle, rng):
     return groups
 
 
-def _collate(items, idx, mean, std, subsample=1):
-    feats = [torch.from_numpy((items[i][1] - mean) / std).repeat_interleave(UPSAMPLE, dim=0)[::subsample]
+def _collate(items, idx, mean, std, subsample=1, upsample=UPSAMPLE):
+    feats = [torch.from_numpy((items[i][1] - mean) / std).repeat_interleave(upsample, dim=0)[::subsample]
              for i in idx]
     lengths = torch.tensor([len(f) for f in feats])
     x = nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
@@ -241,9 +253,9 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     vocab = CharVocab(norm(train_text[u]) for u, _ in train_items)
     targets = {u: vocab.encode(norm(train_text[u])) for u, _ in train_items}
     # CTC needs T >= len(target) (+ repeats); drop impossible utterances, counted.
-    if cfg.subsample not in (1, 2, 4):
-        raise ValueError(f"subsample must be 1, 2 or 4 (a divisor of the x{UPSAMPLE} repetition), got {cfg.subsample}")
-    frames = UPSAMPLE // cfg.subsample  # LSTM frames per 12.5 Hz code frame
+    if cfg.upsample < 1 or cfg.upsample % cfg.subsample:
+        raise ValueError(f"subsample must divide the x{cfg.upsample} repetition, got {cfg.subsample}")
+    frames = cfg.upsample // cfg.subsample  # LSTM frames per code frame
     usable = [it for it in train_items if len(it[1]) * frames >= len(targets[it[0]]) and targets[it[0]]]
     if not usable:
         raise ValueError("no usable training utterances (need text and frames >= characters)")
@@ -261,7 +273,7 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
         model.train()
         total, n = 0.0, 0
         for idx in _batches(usable, cfg.batch_size, True, rng):
-            x, lengths = _collate(usable, idx, mean, std, cfg.subsample)
+            x, lengths = _collate(usable, idx, mean, std, cfg.subsample, cfg.upsample)
             if cfg.frame_dropout > 0:
                 x = x * (torch.rand(x.shape[:2]) >= cfg.frame_dropout).unsqueeze(-1)
             tg = [torch.tensor(targets[usable[i][0]]) for i in idx]
@@ -284,7 +296,7 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     hyps = {}
     with torch.inference_mode():
         for idx in _batches(valid_items, cfg.batch_size, False, rng):
-            x, lengths = _collate(valid_items, idx, mean, std, cfg.subsample)
+            x, lengths = _collate(valid_items, idx, mean, std, cfg.subsample, cfg.upsample)
             best = model(x, lengths).argmax(-1)
             for j, i in enumerate(idx):
                 hyps[valid_items[i][0]] = vocab.greedy_decode(best[j, : lengths[j]].tolist())
@@ -311,5 +323,5 @@ def load_items(scp: str) -> list:
 
 
 
-__all__ = ["resolve_model", "model_fingerprint", "extract_zq", "kmeans_init_codebooks", "cache_features", "CharVocab", "BiLSTMCTC",
+__all__ = ["resolve_model", "model_fingerprint", "upsample_factor", "extract_zq", "kmeans_init_codebooks", "cache_features", "CharVocab", "BiLSTMCTC",
            "ProbeConfig", "train_and_evaluate", "load_items", "UPSAMPLE"]
