@@ -121,6 +121,33 @@ def load_generator_checkpoint(model: nn.Module, path: str | os.PathLike) -> None
     load_state_strict(model, read_generator_state(path), source=os.fspath(path))
 
 
+def _strip_prefix(state: Mapping, prefixes=("module.", "codec.", "generator.")) -> dict:
+    """Accept DDP-saved or wrapped state dicts by stripping one common leading prefix."""
+    for prefix in prefixes:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def codec_weights(sources: Mapping, what: str = "checkpoint") -> dict:
+    """The codec state dict inside a checkpoint's models: ``{'generator': sd}`` (released format,
+    stage 2) or a stage-1 training checkpoint's models, where the codec sits under ``codec.`` next to
+    the ASR branch (dropped). ``what`` names the source in messages (e.g. "--init_param")."""
+    import logging
+
+    if "generator" in sources:
+        return _strip_prefix(sources["generator"])
+    for name, model_sd in sources.items():
+        codec_sd = {k[len("codec."):]: v for k, v in getattr(model_sd, "items", lambda: [])()
+                    if k.startswith("codec.")}
+        if codec_sd:
+            logging.getLogger("xytok.train").info("%s: codec weights taken from model %r (ASR branch dropped)",
+                                                  what, name)
+            return codec_sd
+    raise ValueError(f"{what}: no codec weights in the checkpoint (it has {sorted(sources)}; expected "
+                     "'generator' (released format) or a stage-1 checkpoint with 'codec.*' keys)")
+
+
 # ------------------------------------------------------------------------------------ writing
 def atomic_write(path: Path, write) -> None:
     """``write(tmp_path)`` then rename onto ``path``: a killed export never leaves a partial file."""

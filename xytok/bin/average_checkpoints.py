@@ -80,16 +80,17 @@ def _generator_params(exp_dir: Path):
 
 def export_average(models, exp_dir: Path, out_dir: Path) -> None:
     """Write the averaged codec in the released format (strict load into the architecture first)."""
+    from xytok.checkpoint import codec_weights
     from xytok.codec import load_codec
-    from xytok.train.stage2 import _codec_weights, export_codec
+    from xytok.pretrained import write_pretrained
 
     params = _generator_params(exp_dir)
     codec = load_codec({"generator_params": params})
     try:
-        codec.load_state_dict(_codec_weights(models), strict=True)
+        codec.load_state_dict(codec_weights(models, str(exp_dir)), strict=True)
     except (RuntimeError, ValueError) as e:
         raise SystemExit(f"{exp_dir}: averaged weights do not fit its generator_params: {e}") from e
-    export_codec(codec, params, out_dir)
+    write_pretrained(codec.state_dict(), params, out_dir)  # the one export: config.yaml + weights
 
 
 def select(exp_dir: Path, last: int = 0, best: int = 0, metric: str = "loss", higher_better: bool = False):
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--metric", default="loss", help="valid metric for --best [default: %(default)s]")
     p.add_argument("--higher_better", action="store_true")
     p.add_argument("--out", required=True, help="output .pth ({'models': ...}, usable with --init_param)")
-    p.add_argument("--export_dir", help="also write config.yaml + model.ckpt (released format) here")
+    p.add_argument("--export_dir", help="also write config.yaml + model.safetensors + model.ckpt (released format) here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     paths = select(Path(a.exp_dir), a.last, a.best, a.metric, a.higher_better)
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     log.info("wrote %s", a.out)
     if a.export_dir:
         export_average(models, Path(a.exp_dir), Path(a.export_dir))
-        log.info("exported %s/config.yaml + model.ckpt", a.export_dir)
+        log.info("exported %s/config.yaml + model.safetensors + model.ckpt", a.export_dir)
     return 0
 
 

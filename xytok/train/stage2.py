@@ -21,15 +21,18 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict
 
 import torch
 import torch.nn as nn
 import yaml
 
+from xytok.checkpoint import codec_weights
 from xytok.gan import Discriminators, feature_matching_loss, get_adversarial_losses
 from xytok.gan.losses import check_reduction
 from xytok.losses import MultiScaleMelLoss
+from xytok.pretrained import write_pretrained
+from xytok.train.optim import build_optimizer
 from xytok.train.task import Task
 
 log = logging.getLogger("xytok.train")
@@ -40,21 +43,56 @@ TOKENIZER_MODULES = ("semantic_encoder", "semantic_encoder_adapter", "acoustic_e
 DECODER_MODULES = ("post_rvq_adapter", "upsample", "acoustic_decoder", "vocos")
 
 
-class Stage2CodecMixin:
-    """Adds stage-2 behaviour to an XYTokenizer instance without touching its parameters/buffers
-    (so state_dict() stays exactly the released key set):
+class Stage2Generator(nn.Module):
+    """The stage-2 generator, composed of a codec's parts: frozen tokenizer -> codes -> trainable
+    decoder.
+
+    It registers the codec's own submodules under their own names, in the same order, so its
+    state_dict() is exactly the codec's (released key set: exports and training checkpoints keep
+    the released names). The codec object is kept, unregistered, for its tokenize / decode_codes /
+    detokenize_from_zq: both share the same module objects, so the codec sees every update.
 
     * train(mode) keeps the frozen modules in eval mode whatever the trainer asks;
     * forward(mel, mel_lengths) = frozen tokenizer (no_grad) -> codes -> trainable decoder.
     """
 
-    frozen_modules: tuple = TOKENIZER_MODULES + ("post_rvq_adapter",)
+    def __init__(self, codec: nn.Module, train_post_rvq_adapter: bool = False):
+        super().__init__()
+        for name, module in codec.named_children():
+            self.add_module(name, module)
+        object.__setattr__(self, "_codec", codec)  # not a submodule: its parameters are ours already
+        self.generator_params = getattr(codec, "generator_params", None)
+        self.frozen_modules = TOKENIZER_MODULES + (() if train_post_rvq_adapter else ("post_rvq_adapter",))
+        for name in self.frozen_modules:
+            module = getattr(self, name)
+            module.requires_grad_(False)
+            if hasattr(module, "freeze"):  # ResidualVQ: inference behaviour even in train mode
+                module.freeze()
+        for name in DECODER_MODULES:
+            if name not in self.frozen_modules:
+                getattr(self, name).requires_grad_(True)
+        self.train(codec.training)
+
+    @property
+    def codec(self) -> nn.Module:
+        """The codec these parts came from (same modules, so the same weights)."""
+        return self._codec
 
     def train(self, mode: bool = True):
         super().train(mode)
+        self._codec.training = mode
         for name in self.frozen_modules:
             getattr(self, name).eval()
         return self
+
+    def tokenize(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> dict:
+        return self._codec.tokenize(mel, mel_lengths)
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._codec.decode_codes(codes)
+
+    def detokenize_from_zq(self, zq: torch.Tensor, codes_lengths: torch.Tensor) -> dict:
+        return self._codec.detokenize_from_zq(zq, codes_lengths)
 
     def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -70,54 +108,9 @@ class Stage2CodecMixin:
                 "codes_lengths": tok["codes_lengths"]}
 
 
-_STAGE2_CLASSES: Dict[type, type] = {}
-
-
-def make_stage2_codec(codec: nn.Module, train_post_rvq_adapter: bool = False) -> nn.Module:
-    """Freeze the token side of `codec` in place and give it the stage-2 train()/forward().
-
-    The instance is re-classed to a subclass of its own class that only adds methods: the module
-    tree, parameters and buffers are untouched, so checkpoints keep the released key names.
-    """
-    base = type(codec)
-    if base not in _STAGE2_CLASSES:
-        _STAGE2_CLASSES[base] = type(f"Stage2{base.__name__}", (Stage2CodecMixin, base), {})
-    codec.__class__ = _STAGE2_CLASSES[base]
-    frozen = TOKENIZER_MODULES + (() if train_post_rvq_adapter else ("post_rvq_adapter",))
-    codec.frozen_modules = frozen
-    for name in frozen:
-        module = getattr(codec, name)
-        module.requires_grad_(False)
-        if hasattr(module, "freeze"):  # ResidualVQ: inference behaviour even in train mode
-            module.freeze()
-    for name in DECODER_MODULES:
-        if name not in frozen:
-            getattr(codec, name).requires_grad_(True)
-    codec.train(codec.training)
-    return codec
-
-
-def _strip_prefix(state: Mapping[str, Any], prefixes=("module.", "codec.", "generator.")) -> Dict[str, Any]:
-    """Accept DDP-saved or wrapped state dicts by stripping one common leading prefix."""
-    for prefix in prefixes:
-        if state and all(k.startswith(prefix) for k in state):
-            return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
-
-
-def _codec_weights(sources: Mapping[str, Any]) -> Dict[str, Any]:
-    """Codec state dict from {'generator': sd} (released / stage 2) or from a stage-1 training
-    checkpoint's models, where the codec sits under a `codec.` prefix next to the ASR branch."""
-    if "generator" in sources:
-        return _strip_prefix(sources["generator"])
-    for name, model_sd in sources.items():
-        codec_sd = {k[len("codec."):]: v for k, v in getattr(model_sd, "items", lambda: [])()
-                    if k.startswith("codec.")}
-        if codec_sd:
-            log.info("--init_param: codec weights taken from model %r (ASR branch dropped)", name)
-            return codec_sd
-    raise ValueError(f"--init_param: no codec weights in the checkpoint (it has {sorted(sources)}; expected "
-                     "'generator' (released format) or a stage-1 checkpoint with 'codec.*' keys)")
+def make_stage2_codec(codec: nn.Module, train_post_rvq_adapter: bool = False) -> Stage2Generator:
+    """The stage-2 generator built from `codec` (whose token side it freezes); see Stage2Generator."""
+    return Stage2Generator(codec, train_post_rvq_adapter)
 
 
 def _check_quantizer_trained(codec: nn.Module, where: str) -> None:
@@ -215,8 +208,6 @@ class Stage2Task(Task):
         return {"generator": codec, "discriminator": discriminators}
 
     def build_optimizers(self, models):
-        from xytok.train.trainer import build_optimizer
-
         optim_conf = self.config.get("optim", {})
         shared = {k: v for k, v in optim_conf.items() if not isinstance(v, dict)}
         out = {}
@@ -235,7 +226,7 @@ class Stage2Task(Task):
         leave random weights in the frozen tokenizer). Discriminators start fresh unless the
         checkpoint has them (a stage-2 checkpoint)."""
         sources = state.get("models", state)
-        sd = _codec_weights(sources)
+        sd = codec_weights(sources, "--init_param")
         codec = models["generator"]
         own = codec.state_dict()
         missing = sorted(set(own) - set(sd))
@@ -404,12 +395,6 @@ class Stage2Task(Task):
     def export(self, ctx, out_dir: Path) -> None:
         """config.yaml (generator_params) + model.ckpt {'generator': state_dict} (released format)
         + the same weights as model.safetensors."""
-        export_codec(ctx.raw_models["generator"], self.generator_params, out_dir)
-
-
-def export_codec(codec: nn.Module, generator_params: Dict[str, Any], out_dir: Path) -> None:
-    from xytok.pretrained import write_pretrained
-
-    state = codec.state_dict()
-    write_pretrained(state, generator_params, out_dir)  # config.yaml + model.safetensors + model.ckpt
-    log.info("exported stage-2 codec to %s (%d tensors)", out_dir, len(state))
+        state = ctx.raw_models["generator"].state_dict()
+        write_pretrained(state, self.generator_params, out_dir)
+        log.info("exported stage-2 codec to %s (%d tensors)", out_dir, len(state))
