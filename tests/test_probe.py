@@ -178,3 +178,62 @@ def test_probe_random_init_control(librivox_dirs, tmp_path):
         spread[init] = max(float(np.asarray(m).std(0).max()) for m in feats)
     assert spread["zero"] < 1e-5 < spread["kmeans"]
     assert res["codebook_init_frames"] is None
+
+
+def test_extract_zq_uses_the_codecs_windowing():
+    """> 30 s: z_q of the codes of XYTokenizer.encode (30-s windows, 10-s look-ahead), not plain 30-s cuts."""
+    from xytok.codec import load_codec
+
+    torch.set_num_threads(1)
+    codec = load_codec(GOLDEN / "config.yaml", GOLDEN / "model.ckpt")
+    sr = 16000
+    wav = np.random.default_rng(0).standard_normal(sr * 35).astype(np.float32) * 0.1
+    zq = extract_zq(codec, wav)
+    assert zq.shape == (35 * sr // 1280, 256)  # floor(N / 1280) frames, as encode gives
+    codes = codec.encode([torch.from_numpy(wav)])[0]
+    np.testing.assert_allclose(zq, codec.decode_codes(codes.unsqueeze(1))[0].T.detach().numpy(), atol=1e-6)
+    # window 1 = [0, 30 s): its first 20 s of frames are kept; window 2 starts at 20 s
+    np.testing.assert_allclose(zq[:250], extract_zq(codec, wav[: 30 * sr])[:250], atol=1e-5)
+    np.testing.assert_allclose(zq[250:], extract_zq(codec, wav[20 * sr:]), atol=1e-5)
+    # ... where plain 30-s cuts would have taken frames 250-374 from the first window
+    assert not np.allclose(zq[250:375], extract_zq(codec, wav[: 30 * sr])[250:375], atol=1e-3)
+    with pytest.raises(ValueError, match="shorter than one code frame"):
+        extract_zq(codec, wav[:1000])
+
+
+def test_unfeaturised_valid_utterances_count_as_errors():
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    tr, ttr = _synthetic(16, True, rng)
+    va, tva = _synthetic(6, True, rng)
+    cfg = ProbeConfig(hidden=16, epochs=2, batch_size=8, seed=0)
+    full = train_and_evaluate(tr, va, ttr, tva, cfg)
+    lost = {u: "too short" for u, _ in va[:2]}
+    part = train_and_evaluate(tr, va[2:], ttr, tva, cfg, valid_unfeaturised=lost)
+    n_words = sum(len(tva[u].split()) for u in tva)
+    assert part["wer_counts"]["n_ref"] == full["wer_counts"]["n_ref"] == n_words  # same denominator
+    assert part["n_valid"] == 6 and part["n_valid_unfeaturised"] == 2 and part["valid_unfeaturised"] == lost
+    lost_words = sum(len(tva[u].split()) for u in lost)
+    assert part["wer_counts"]["del"] >= lost_words  # every word of the lost utterances deleted
+    assert part["wer"] >= lost_words / n_words
+
+
+def test_probe_cli_counts_unfeaturised(librivox_dirs, tmp_path):
+    import soundfile as sf
+
+    from xytok.bin.probe import main
+
+    valid = tmp_path / "valid"
+    valid.mkdir()
+    sf.write(tmp_path / "tiny.wav", np.zeros(800, np.float32), 16000)  # 50 ms: under one code frame
+    (valid / "wav.scp").write_text((librivox_dirs / "valid" / "wav.scp").read_text() + f"zz-short {tmp_path}/tiny.wav\n")
+    (valid / "text").write_text((librivox_dirs / "valid" / "text").read_text() + "zz-short HELLO THERE\n")
+    out = tmp_path / "out"
+    assert main(["--config", str(GOLDEN / "config.yaml"), "--checkpoint", str(GOLDEN / "model.ckpt"),
+                 "--train_data", str(librivox_dirs / "train"), "--valid_data", str(valid), "--out", str(out),
+                 "--epochs", "1", "--hidden", "8"]) == 0
+    res = json.loads((out / "probe.json").read_text())
+    assert res["n_valid"] == 3 and res["n_valid_unfeaturised"] == 1
+    assert "shorter than one code frame" in res["valid_unfeaturised"]["zz-short"]
+    assert "1 unfeaturised" in (out / "wer.txt").read_text()
+    assert "look-ahead" in res["features"]

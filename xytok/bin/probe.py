@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     import torch
 
     from xytok.eval.inputs import read_text
-    from xytok.eval.probe import (ProbeConfig, cache_features, kmeans_init_codebooks, load_items,
+    from xytok.eval.probe import (FEATURE_OVERLAP_SECONDS, ProbeConfig, cache_features, kmeans_init_codebooks,
+                                  load_items, unfeaturised,
                                   model_fingerprint, resolve_model, train_and_evaluate, upsample_factor)
 
     torch.set_num_threads(args.nthreads)
@@ -134,7 +135,9 @@ def main(argv=None) -> int:
                       frame_dropout=args.frame_dropout,
                       upsample=upsample_factor(family_codec.frame_rate) if family_codec else 4)
     res = train_and_evaluate(load_items(scps["train"]), load_items(scps["valid"]),
-                             read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg)
+                             read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg,
+                             valid_unfeaturised=unfeaturised(scps["valid"]))
+    res["n_train_unfeaturised"] = len(unfeaturised(scps["train"]))
     hyps = res.pop("hyps")
     res.update({"model_config": config, "model_checkpoint": ckpt, "random_init": args.random_init,
                 "codebook_init": (args.codebook_init if args.random_init else "trained"),
@@ -145,15 +148,21 @@ def main(argv=None) -> int:
                 "features": (f"{family_codec.family} embed(): continuous quantised embeddings of its "
                              f"{family_codec.num_quantizers} codebook(s), {family_codec.frame_rate:g} Hz, audio "
                              f"resampled to {family_codec.sample_rate} Hz, repeated x{cfg.upsample}"
-                             if family_codec else "quantizer output z_q (continuous), 12.5 Hz, repeated x4 to 50 Hz")
+                             if family_codec else "quantizer output z_q (continuous), 12.5 Hz, of the codes of the "
+                             f"codec's encode windowing (30-s windows, {FEATURE_OVERLAP_SECONDS:g} s look-ahead), "
+                             "repeated x4 to 50 Hz")
                             + (f", 1 frame in {args.subsample} kept ({50 // args.subsample} Hz LSTM input)"
                                if args.subsample > 1 else "")
                             + ", standardised per dimension with train-set statistics",
-                "decoding": "greedy CTC, characters"})
+                "decoding": "greedy CTC, characters",
+                "unfeaturised": "validation utterances without features count as errors (all words deleted); "
+                                "training ones are left out"})
     out.mkdir(parents=True, exist_ok=True)
     (out / "probe.json").write_text(json.dumps(res, indent=2))
-    (out / "wer.txt").write_text(f"{res['wer_counts']['kaldi']}  # probe, {res['n_valid']} utts\n"
-                                 f"{res['cer_counts']['kaldi']}  # probe, {res['n_valid']} utts\n")
+    note = (f", {res['n_valid_unfeaturised']} unfeaturised (counted as all deletions)"
+            if res["n_valid_unfeaturised"] else "")
+    (out / "wer.txt").write_text(f"{res['wer_counts']['kaldi']}  # probe, {res['n_valid']} utts{note}\n"
+                                 f"{res['cer_counts']['kaldi']}  # probe, {res['n_valid']} utts{note}\n")
     (out / "hyp.txt").write_text("".join(f"{u} {h}\n" for u, h in sorted(hyps.items())))
     print(res["wer_counts"]["kaldi"])
     print(res["cer_counts"]["kaldi"])

@@ -62,6 +62,7 @@ def model_fingerprint(config: str, checkpoint: str | None) -> str:
         h.update(f"{os.path.abspath(checkpoint)}:{st.st_size}:{st.st_mtime_ns}".encode())
     else:
         h.update(b"random_init")
+    h.update(FEATURE_VERSION.encode())
     return h.hexdigest()[:16]
 
 
@@ -79,14 +80,28 @@ def _tokenize_windows(codec, wav: np.ndarray, device: str, first_only: bool = Fa
         yield out, int(out["codes_lengths"][0])
 
 
+# Look-ahead of the codec's own windowing (XYTokenizer.encode's default, as inference tokenizes).
+FEATURE_OVERLAP_SECONDS = 10.0
+# Part of the feature-cache key: features cached by an older extraction are recomputed.
+FEATURE_VERSION = f"encode-windows-overlap{FEATURE_OVERLAP_SECONDS:g}s+decode_codes"
+
+
 @torch.inference_mode()
 def extract_zq(codec, wav: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Quantizer output z_q (T, C) at 12.5 Hz for one utterance; > 30 s is cut into 30 s windows."""
-    pieces = [out["zq"][0, :, :n].transpose(0, 1).float().cpu().numpy()
-              for out, n in _tokenize_windows(codec, wav, device)]
-    if not pieces:
-        raise ValueError(f"utterance of {len(wav)} samples is shorter than one 80 ms code frame")
-    return np.concatenate(pieces, axis=0)
+    """Quantizer output z_q (T, C) at 12.5 Hz for one utterance, T = floor(samples / 1280).
+
+    The codes come from the codec's own `encode` windowing (30-s windows, each keeping its first
+    20 s of codes and using the next FEATURE_OVERLAP_SECONDS as look-ahead), so an utterance over
+    30 s gets the features inference would give it, not those of plain 30-s cuts; z_q is then the
+    eval quantizer output for those codes (`decode_codes`: sum of the chosen codewords, projected).
+    ValueError (too short, NaN/Inf) for an utterance that cannot be featurised."""
+    x = torch.as_tensor(np.asarray(wav, dtype=np.float32))
+    try:
+        codes = codec.encode([x], overlap_seconds=FEATURE_OVERLAP_SECONDS)[0]
+    except ValueError as e:
+        raise ValueError(str(e).removeprefix("item 0: ")) from e
+    zq = codec.decode_codes(codes.unsqueeze(1).to(codec.device))  # (1, C, T)
+    return zq[0].transpose(0, 1).float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -127,11 +142,12 @@ def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint:
     scp, meta_path = feat_dir / f"{name}.scp", feat_dir / f"{name}.meta.json"
     meta = {"model": fingerprint, "data_dir": os.path.abspath(data_dir),
             "utts": hashlib.sha1("\n".join(sorted(wavs)).encode()).hexdigest()}
-    if scp.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+    old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    if scp.is_file() and {k: old.get(k) for k in meta} == meta:
         log.info("%s: using cached features %s", name, scp)
         return str(scp)
     feat_dir.mkdir(parents=True, exist_ok=True)
-    prog, skipped = ProgressLog(len(wavs), f"{name}: features", logger=log), 0
+    prog, skipped = ProgressLog(len(wavs), f"{name}: features", logger=log), {}
     with kaldiio.WriteHelper(f"ark,scp:{feat_dir / name}.ark,{scp}") as writer:
         for i, utt in enumerate(sorted(wavs), 1):
             try:
@@ -140,11 +156,20 @@ def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint:
                 else:
                     writer(utt, extract_zq(codec, load_wav(wavs[utt])[0], device))
             except ValueError as e:
-                skipped += 1
+                skipped[utt] = str(e)
                 log.warning("%s: %s: skipped (%s)", name, utt, e)
             prog.update(i)
-    meta_path.write_text(json.dumps(meta))
+    if skipped:
+        log.warning("%s: %d of %d utterances could not be featurised (counted as errors when scored)",
+                    name, len(skipped), len(wavs))
+    meta_path.write_text(json.dumps({**meta, "unfeaturised": skipped}))
     return str(scp)
+
+
+def unfeaturised(scp: str | os.PathLike) -> dict:
+    """{utt: reason} of the utterances `cache_features` could not featurise into `scp`."""
+    meta = Path(scp).with_suffix(".meta.json")
+    return json.loads(meta.read_text()).get("unfeaturised", {}) if meta.is_file() else {}
 
 
 # ----------------------------------------------------------------------------- probe model
@@ -242,8 +267,13 @@ def lr_factor(schedule: str, warmup: float, min_ratio: float, total_steps: int):
     return factor
 
 
-def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: dict, cfg: ProbeConfig) -> dict:
-    """items: list of (utt, feats (T, C) at 12.5 Hz). Returns metrics and the valid hypotheses."""
+def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: dict, cfg: ProbeConfig,
+                       valid_unfeaturised: dict | None = None) -> dict:
+    """items: list of (utt, feats (T, C) at 12.5 Hz). Returns metrics and the valid hypotheses.
+
+    `valid_unfeaturised` ({utt: reason}, see `unfeaturised`): validation utterances without
+    features stay in the WER/CER denominator with an empty hypothesis (all their words deleted),
+    so a codec that fails on some inputs is not scored on the easy rest only."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -301,6 +331,8 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
             for j, i in enumerate(idx):
                 hyps[valid_items[i][0]] = vocab.greedy_decode(best[j, : lengths[j]].tolist())
     refs = {u: valid_text[u] for u, _ in valid_items if u in valid_text}
+    missing = {u: why for u, why in (valid_unfeaturised or {}).items() if u in valid_text and u not in refs}
+    refs.update({u: valid_text[u] for u in missing})  # no hypothesis -> all deletions
     wer = corpus_error_counts(refs, hyps, norm)
     cer = corpus_error_counts(refs, hyps, norm, unit="char")
     return {
@@ -308,6 +340,7 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
         "wer_counts": {**wer.to_dict(), "kaldi": wer.kaldi_line("WER")},
         "cer_counts": {**cer.to_dict(), "kaldi": cer.kaldi_line("CER")},
         "n_train": len(usable), "n_train_dropped": len(train_items) - len(usable), "n_valid": len(refs),
+        "n_valid_unfeaturised": len(missing), "valid_unfeaturised": missing,
         "input_dim": int(stacked.shape[1]), "vocab": vocab.chars, "train_loss": history,
         "probe_config": asdict(cfg), "normalizer": norm.description,
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -323,5 +356,5 @@ def load_items(scp: str) -> list:
 
 
 
-__all__ = ["resolve_model", "model_fingerprint", "upsample_factor", "extract_zq", "kmeans_init_codebooks", "cache_features", "CharVocab", "BiLSTMCTC",
+__all__ = ["resolve_model", "model_fingerprint", "upsample_factor", "extract_zq", "kmeans_init_codebooks", "cache_features", "unfeaturised", "CharVocab", "BiLSTMCTC",
            "ProbeConfig", "train_and_evaluate", "load_items", "UPSAMPLE"]
