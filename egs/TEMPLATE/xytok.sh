@@ -460,7 +460,8 @@ if run_stage 9; then
             ${_infer_cmd} --num_threads "$nj" "$dir/score$_sfx/score.log" \
                 xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav$_sfx/wav.scp" \
                     --text "$data_feats/$dset/text" --metrics "$scoring_metrics" --asr_backend "$asr_backend" \
-                    --nj "$nj" --device "$_device" --out "$dir/score$_sfx" ${scoring_args}
+                    --nj "$nj" --device "$_device" --out "$dir/score$_sfx" ${scoring_args} \
+                || die "$dset${_sfx:+ ($_sfx)}: xytok score failed (an ASR/SIM model that cannot load, or a metric that scored nothing): see $dir/score$_sfx/score.log"
             touch "$dir/.score$_sfx.done"
         done
     done
