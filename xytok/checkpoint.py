@@ -149,8 +149,11 @@ def codec_weights(sources: Mapping, what: str = "checkpoint") -> dict:
 
 
 # ------------------------------------------------------------------------------------ writing
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then rename onto ``path``: a killed export never leaves a partial file."""
+def atomic_write(path: Path, write, before_replace=None) -> None:
+    """``write(tmp_path)`` then rename onto ``path``: a killed export never leaves a partial file.
+
+    ``before_replace()`` runs once the temp file is complete and synced, just before the rename
+    (the training checkpoint keeps its previous version there)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -159,6 +162,8 @@ def atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -14,7 +14,6 @@ import logging
 import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -40,20 +39,17 @@ def save_training_checkpoint(state: Dict[str, Any], exp_dir: Path) -> Path:
     """Write checkpoint.pth atomically, keeping the previous one as checkpoint.prev.pth."""
     exp_dir = Path(exp_dir)
     target = exp_dir / CHECKPOINT
-    fd, tmp = tempfile.mkstemp(prefix=f".{CHECKPOINT}.", suffix=".tmp", dir=exp_dir)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        # Order matters: until the second replace, checkpoint.prev.pth is a complete checkpoint.
+
+    def keep_previous():
+        # Order matters: until the new file is renamed in, checkpoint.prev.pth is a complete checkpoint.
         if target.exists():
             os.replace(target, exp_dir / PREVIOUS)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+
+    atomic_write(target, write, before_replace=keep_previous)
     return target
 
 
