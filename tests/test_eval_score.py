@@ -128,6 +128,17 @@ def test_backend_that_cannot_load_fails_the_run(scored, tmp_path, capsys, nj):
     assert not (tmp_path / "o" / "summary.json").exists()  # nothing scored, nothing claimed
 
 
+def test_worker_that_cannot_build_raises_from_its_first_job():
+    """In a worker process the build error is kept and raised by the first job (a Pool initializer
+    that raises would be respawned forever)."""
+    from xytok.eval import scoring
+
+    cfg = scoring.ScoreConfig(metrics=("wer",), asr_backend="hubert", asr_model="/nonexistent/hubert")
+    scoring._init_worker(cfg)
+    with pytest.raises(scoring.BackendError, match="metric wer: cannot build the ASR backend 'hubert'.*/nonexistent"):
+        scoring.score_one(("u1", "/nonexistent.wav", None))
+
+
 def test_stereo_inputs_downmixed_and_counted(scored, tmp_path):
     d, _, _ = scored
     x, sr = sf.read(f"{LIBRIVOX}/{UTTS['spk1-0930']}")
@@ -142,3 +153,35 @@ def test_stereo_inputs_downmixed_and_counted(scored, tmp_path):
     assert "downmixed" in s["protocol"]["channels"]
     # mean of (x, x/2) = 0.75 x: STOI is scale-invariant, so ~1
     assert s["metrics"]["stoi"]["mean"] > 0.99
+
+
+def test_recipe_stage9_fails_when_a_model_cannot_load(tmp_path):
+    """egs/TEMPLATE/xytok.sh stage 9: `xytok score` exiting non-zero fails the stage, naming the model
+    in score.log, and leaves no .score.done (a re-run scores again)."""
+    import shutil
+
+    from golden import TINY_A
+    from recipe_helpers import make_recipe, run
+
+    rdir = make_recipe(tmp_path, "mini")
+    model = rdir / "golden" / "export"
+    model.mkdir(parents=True)
+    for f in ("config.yaml", "model.ckpt"):
+        shutil.copy2(TINY_A / f, model / f)
+    ref = rdir / "dump" / "raw" / "test"
+    ref.mkdir(parents=True)
+    (ref / "wav.scp").write_text(f"utt_a {TINY_A / 'input_short.wav'}\n")
+    (ref / "text").write_text("utt_a hello\n")
+    dec = rdir / "golden" / "decode" / "test"
+    (dec / "wav").mkdir(parents=True)
+    (dec / "wav" / "wav.scp").write_text(f"utt_a {TINY_A / 'input_short.wav'}\n")
+    (dec / ".decode.done").touch()
+    missing = tmp_path / "no_such_hubert"
+    r = run("./xytok.sh --train_set tr --valid_set dev --test_sets test --stage 9 --stop_stage 9 "
+            f"--inference_model golden/export --scoring_metrics stoi,wer --asr_backend hubert "
+            f"--scoring_args '--asr_model {missing}' --nj 1", rdir, timeout=120)
+    assert r.returncode != 0
+    assert "xytok score failed" in r.stdout + r.stderr
+    assert not (dec / ".score.done").exists()
+    log = (dec / "score" / "score.log").read_text()
+    assert "metric wer: cannot build the ASR backend 'hubert'" in log and str(missing) in log

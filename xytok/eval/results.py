@@ -210,6 +210,8 @@ def protocol_lines(summary, probe, test_set, control=None) -> list[str]:
         f"(`{summary.get('inputs', {}).get('ref', '?')}`); failures are excluded from means and counted "
         f"({summary.get('n_utts_with_failure', 0)} utterances with at least one failed metric).",
         f"- Sample rate: {p.get('sample_rate', 16000)} Hz for all metrics; resampling: {p.get('resampling', '?')}.",
+        f"- Channels: {p.get('channels', 'mono')} ({summary.get('downmix', {}).get('n_ref_downmixed', 0)} reference, "
+        f"{summary.get('downmix', {}).get('n_hyp_downmixed', 0)} reconstructed files downmixed).",
         f"- Length alignment: {p.get('length_alignment', '?')} "
         f"({la.get('n_utts_cut', 0)} utterances cut, max {la.get('max_samples_cut', 0)} samples).",
         f"- PESQ-WB: `{p.get('pesq_wb', '?')}`; PESQ-NB: `{p.get('pesq_nb', '?')}`; pesq {v.get('pesq')}.",
