@@ -101,7 +101,8 @@ def _backend(kind: str):
 
 
 def score_one(job: tuple) -> UttResult:
-    """job = (utt_id, ref entry, hyp entry or None). Every failure is recorded, never raised."""
+    """job = (utt_id, ref entry, hyp entry or None). Every per-utterance failure is recorded, never
+    raised; only a backend this process could not build raises (BackendError)."""
     if "init_error" in _STATE:
         raise _STATE["init_error"]
     utt, ref_entry, hyp_entry = job
@@ -178,6 +179,10 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
         # The workers build their own copies (once each); free the parent's check copy first.
         del backends
         gc.collect()
+        if cfg.device.startswith("cuda"):  # hand the check copy's GPU memory back to the workers
+            import torch
+
+            torch.cuda.empty_cache()
         # spawn: fresh interpreters, so no thread pools/backends are inherited half-initialised.
         with mp.get_context("spawn").Pool(nj, initializer=_init_worker, initargs=(cfg,)) as pool:
             for i, r in enumerate(pool.imap_unordered(score_one, jobs, chunksize=1), 1):
