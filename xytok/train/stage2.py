@@ -10,6 +10,9 @@ and the text alignment learnt in stage 1 is kept. upsample, acoustic_decoder and
     L_G = mel_weight * L_mel(multi-scale) + adv_weight * L_adv + feat_match_weight * L_fm
     L_D = LSGAN (or hinge) loss of MPD + MSD + MS-STFTD on real vs generated audio
 
+L_adv, L_fm and L_D are summed over the sub-discriminators (and FM's layers) by default, as in
+HiFi-GAN / DAC; `loss.gan_reduction: mean` averages them (xytok.gan.losses has the formulas).
+
 The ASR branch of stage 1 is dropped. Each step runs the discriminator update, then the generator
 update (discriminators join at `disc_start_step`; before that the generator sees the mel loss only).
 
