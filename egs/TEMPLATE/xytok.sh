@@ -70,7 +70,14 @@ tag=                   # exp dir suffix (default: the config file name without .
 stage2_tag=            # stage-2 exp dir suffix (default: $tag, else the stage-2 config name)
 
 # Inference and scoring
-inference_model=       # exp dir, export dir or config.yaml (model.ckpt beside it); default: stage-2 export, else stage-1
+inference_model=       # [FAMILY:]ID_OR_DIR: an xy exp dir, export dir or config.yaml (model.ckpt beside it),
+                       # xy:released (fdugyt/XY_Tokenizer), or another codec of xytok.codecs by hub id or
+                       # save_pretrained dir: dac:DIR, encodec:DIR, mimi:kyutai/mimi (stages 7-10; outputs
+                       # under exp/<family>_<name>); default: stage-2 export, else stage-1
+inference_models=      # several models, e.g. "xy:released dac:DIR mimi:DIR#--num_quantizers=8": stages 7-10
+                       # for each (one exp dir each; '#ARG' pieces are that model's extra encode/decode
+                       # args) and one RESULTS.md with a row each
+inference_exp_name=    # exp dir name for a FAMILY: model (default: <family>_<name>)
 inference_tag=decode   # subdir of the model's exp dir for stages 7-9
 inference_args=        # extra arguments for xytok encode/decode
 decode_num_quantizers= # stages 8-9: decode + score from the first n RVQ layers, once per n listed ("8 4 2"); empty: all layers
@@ -368,9 +375,60 @@ if run_stage 6; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Resolve --inference_model into model_config / model_ckpt / model_exp (where outputs go).
+# --inference_models "SPEC[#ARG...] ...": stages 7-10 once per model (this script re-run with
+# --inference_model SPEC and that model's args), then one RESULTS.md over all of them.
+if [ -n "$inference_models" ] && { run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10; }; then
+    _first=$(( stage > 7 ? stage : 7 )); _last=$(( stop_stage < 10 ? stop_stage : 10 ))
+    _results_opts=()
+    for _entry in $inference_models; do
+        IFS='#' read -r -a _parts <<< "$_entry"
+        _spec=${_parts[0]}; _margs=("${_parts[@]:1}")
+        _parsed=$(${python} -m xytok.codecs "$_spec") || die "--inference_models: bad model '$_spec'"
+        read -r _ _label _ <<< "$_parsed"
+        # one exp dir per (model, args): e.g. mimi_mimi_num_quantizers_8
+        for _a in ${_margs[@]+"${_margs[@]}"}; do _label+=_$(echo "$_a" | tr -c 'A-Za-z0-9.\n' _ | sed 's/^_*//'); done
+        log "=== model ${_spec} ${_margs[*]:-} (stages ${_first}-${_last}) -> ${expdir}/${_label}"
+        # shellcheck disable=SC2086
+        eval "$_run_args" --stage "$_first" --stop_stage "$_last" --inference_models "''" \
+            --inference_model "$(printf %q "$_spec")" --inference_exp_name "$_label" \
+            --inference_args "$(printf %q "$inference_args ${_margs[*]:-}")" \
+            || die "model $_spec failed (stages ${_first}-${_last})"
+        # the exp dir the run used (an xy exp/export dir keeps its own)
+        _xp=$(cat "$expdir/.last_model_exp" 2>/dev/null) || die "model $_spec: no exp dir recorded"
+        _results_opts+=(--exp_dir "$_xp/$inference_tag" --name "$(basename "$_xp")")
+    done
+    if [ "$_last" -ge 9 ]; then
+        ${python} -m xytok.bin.make_results --recipe_dir . "${_results_opts[@]}" --test_sets "$test_sets" \
+            --output RESULTS.md || die "make_results failed for the models of --inference_models"
+        log "  wrote $(pwd)/RESULTS.md (one row per model and test set)"
+    fi
+    skip_stages+=" 7 8 9 10"
+    # stages 11-12 pack/upload one trained xy model: only the one named by --inference_model
+    [ -n "$inference_model" ] || skip_stages+=" 11 12"
+fi
+
+# Resolve --inference_model into model_config / model_ckpt / model_exp (where outputs go), and the
+# model options of encode/decode (_model_opts) and of the probe (_probe_model_opts).
 resolve_model() {
-    local m=$inference_model
+    local m=$inference_model family=xy label ident
+    if [ -n "$m" ]; then
+        local parsed
+        parsed=$(${python} -m xytok.codecs "$m") || die "--inference_model $m: bad model spec"
+        read -r family label ident <<< "$parsed"
+        m=$ident
+    fi
+    # a non-xy codec, the released xy model, or an xy hub id: loaded through xytok.codecs by spec
+    # (a missing ORG/NAME that is not under $expdir is taken as a hub id)
+    if [ "$family" != xy ] || [ "$m" = released ] || \
+        { [ ! -e "$m" ] && [[ $m =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] && [[ $m != "$expdir"/* ]] && [[ $m != .* ]]; }; then
+        model_spec=$family:$m; model_config=; model_ckpt=
+        model_exp=$expdir/${inference_exp_name:-$label}
+        _model_opts=(--model "$model_spec"); _probe_model_opts=(--codec "$model_spec")
+        mkdir -p "$model_exp"; echo "$model_exp" > "$expdir/.last_model_exp"
+        log "  model: ${model_spec} (outputs under $model_exp/$inference_tag)"
+        return 0
+    fi
+    model_spec=
     if [ -z "$m" ]; then
         if [ -f "$stage2_exp/export/model.ckpt" ]; then m=$stage2_exp
         elif [ -f "$stage1_exp/export/model.ckpt" ]; then m=$stage1_exp
@@ -393,11 +451,18 @@ resolve_model() {
     fi
     model_ckpt=$(dirname "$model_config")/model.ckpt
     [ -f "$model_ckpt" ] || die "$model_ckpt not found next to $model_config"
+    _model_opts=(--config "$model_config" --checkpoint "$model_ckpt")
+    _probe_model_opts=("${_model_opts[@]}")
+    mkdir -p "$model_exp"; echo "$model_exp" > "$expdir/.last_model_exp"
     log "  model: $model_config + $model_ckpt (outputs under $model_exp/$inference_tag)"
 }
 
 if run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10 || run_stage 11 || { run_stage 12 && [ -n "$hub_repo" ]; }; then
     resolve_model
+    # --inference_args "--num_quantizers N": the probe embeds the same N codebooks
+    if [[ " $inference_args " =~ [[:space:]]--num_quantizers[=[:space:]]+([0-9]+) ]]; then
+        _probe_model_opts=(--codec "${model_spec:-xy:$model_config}" --num_quantizers "${BASH_REMATCH[1]}")
+    fi
 fi
 if "$gpu_inference"; then _infer_cmd="${cuda_cmd} --gpu 1"; _device=cuda; else _infer_cmd="${decode_cmd}"; _device=cpu; fi
 
@@ -413,11 +478,18 @@ if run_stage 7; then
         split_scp "$data_feats/$dset/wav.scp" "$dir/codes/logs" wav "$_nj"
         # shellcheck disable=SC2086
         ${_infer_cmd} --num_threads 1 JOB=1:"$_nj" "$dir/codes/logs/encode.JOB.log" \
-            xytok encode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
+            xytok encode "${_model_opts[@]}" --device "$_device" \
                 --no_progress ${inference_args} "$dir/codes/logs/wav.JOB.scp" "$dir/codes/codes.JOB.scp"
         for i in $(seq "$_nj"); do cat "$dir/codes/codes.$i.scp"; done | LC_ALL=C sort > "$dir/codes.scp"
         touch "$dir/.encode.done"
     done
+    # BPS from the token stream (rows the codes hold x log2 codebook sizes x frame rate) -> RESULTS.md
+    _info_opts=()
+    for dset in $test_sets; do
+        _info_opts+=(--codes "$model_exp/$inference_tag/$dset/codes.scp" --utt2num_samples "$data_feats/$dset/utt2num_samples")
+    done
+    ${python} -m xytok.bin.codec_info --model "${model_spec:-xy:$model_config}" "${_info_opts[@]}" --fs "$fs" \
+        --out "$model_exp/$inference_tag/codec_info.json" || die "codec_info failed for $model_exp/$inference_tag"
 fi
 
 if run_stage 8; then
@@ -435,7 +507,7 @@ if run_stage 8; then
             split_scp "$dir/codes.scp" "$dir/wav$_sfx/logs" codes "$_nj"
             # shellcheck disable=SC2086
             ${_infer_cmd} --num_threads 1 JOB=1:"$_nj" "$dir/wav$_sfx/logs/decode.JOB.log" \
-                xytok decode --config "$model_config" --checkpoint "$model_ckpt" --device "$_device" \
+                xytok decode "${_model_opts[@]}" --device "$_device" \
                     --no_progress "${_nq_args[@]}" ${inference_args} "$dir/wav$_sfx/logs/codes.JOB.scp" \
                     "$dir/wav$_sfx/split.JOB"
             # One wav.scp over the shards (each shard dir holds its own wav.scp).
@@ -483,7 +555,7 @@ if run_stage 10; then
             write_exp_run_sh "$dir" 10
             # shellcheck disable=SC2086
             ${_infer_cmd} "$dir/probe.log" \
-                ${python} -m xytok.bin.probe --config "$model_config" --checkpoint "$model_ckpt" \
+                ${python} -m xytok.bin.probe "${_probe_model_opts[@]}" \
                     --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
                     --device "$_device" --output_dir "$dir" ${probe_args} "$@"
             touch "$dir/.done"
@@ -494,7 +566,9 @@ if run_stage 10; then
     # (random weights, k-means codebooks as at training step 0); a codec whose tokens carry text gives
     # a lower WER/CER. It runs beside the main probe (each probe is one single-threaded process).
     _control_pid=
-    if "$probe_baseline"; then
+    if "$probe_baseline" && [ "${_probe_model_opts[0]}" = --codec ]; then
+        log "  --probe_baseline: no random-init control for ${model_spec:-$model_config} (xy exp/export models, all codebooks)"
+    elif "$probe_baseline"; then
         run_probe "$model_exp/probe_random_init" --random_init &
         _control_pid=$!
     fi
@@ -512,6 +586,7 @@ fi
 
 if run_stage 11; then
     log "Stage 11: pack a hub-ready model folder -> ${model_exp}/packed"
+    [ -z "${model_spec:-}" ] || die "stage 11 packs a trained xy model (exp/export dir), not ${model_spec}"
     # The weights are those stages 7-10 used (model_config's dir); the exp's config.yaml, when there,
     # becomes train_config.yaml. RESULTS.md (stage 9) goes into the model card.
     _results=(); [ -f RESULTS.md ] && _results=(--results RESULTS.md)

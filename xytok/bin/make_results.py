@@ -37,6 +37,48 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stream_info(exp_dir: Path, n: int | None = None) -> dict | None:
+    """Bit rate from <exp_dir>/codec_info.json (recipe stage 7: the codec and the codes it wrote,
+    xytok.bin.codec_info), for the first n rows when n is given; None when there is no such file."""
+    import math
+
+    from xytok.eval.results import load_json
+
+    s = load_json(Path(exp_dir) / "codec_info.json")
+    if s is None:
+        return None
+    sizes = s["codebook_sizes"]
+    if n is not None:
+        if not 1 <= n <= len(sizes):
+            raise ValueError(f"{n} codebooks asked for, the codes hold {len(sizes)}")
+        sizes = sizes[:n]
+    return {"bps": sum(math.log2(k) for k in sizes) * s["frame_rate"], "frame_rate": s["frame_rate"],
+            "nq": len(sizes), "codebook_size": sizes[0] if len(set(sizes)) == 1 else None,
+            "model_nq": s["num_quantizers"], "stream": s}
+
+
+def codecs_section(entries) -> str:
+    """RESULTS.md lines on the codecs measured from their token streams (family, rates, BPS) and
+    the resampling protocol; empty when no entry has codec_info.json."""
+    seen, lines = set(), []
+    for e in entries:
+        s = e["info"].get("stream")
+        if not s or e["name"] in seen:
+            continue
+        seen.add(e["name"])
+        measured = s.get("measured_frame_rate")
+        lines.append(f"- {e['name']}: {s['family']} `{s['model']}`, {s['sample_rate']} Hz, "
+                     f"{s['num_quantizers']} codebook(s) of {'/'.join(map(str, sorted(set(s['codebook_sizes']))))} "
+                     f"at {s['frame_rate']:g} Hz = {s['bps']:g} bps (from the codes"
+                     + (f"; measured {measured:.3g} frames/s" if measured else "") + ")")
+    if not lines:
+        return ""
+    return ("\n### Codecs (BPS from the token streams)\n\n" + "\n".join(lines) + "\n\n"
+            "Each codec encodes the 16 kHz test audio resampled to its own rate and decodes at that rate; "
+            "its output is resampled back to 16 kHz (polyphase, exact ratio) for scoring. "
+            "BPS = Σ log2(codebook size) × frame rate over the codebooks the codes hold.\n")
+
+
 def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -> list[dict]:
     from xytok.eval.results import codec_info, find_config, find_probe, load_json, score_dirs
 
@@ -44,7 +86,7 @@ def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -
     probe = find_probe(exp_dir)
     control = find_probe(exp_dir, "probe_random_init")
     config = find_config(exp_dir, probe)
-    full = codec_info(config)
+    full = stream_info(exp_dir) or codec_info(config)
     entries = []
     for ts in sets:
         dirs = score_dirs(exp_dir / ts) or [(exp_dir / ts / "score", None)]
@@ -65,7 +107,7 @@ def _entry(exp_dir, ts, score_dir, n, name, full, config, probe, control, recipe
     all_layers = n is None or (full["model_nq"] is not None and n == full["model_nq"])
     if n is not None:
         try:
-            info = codec_info(config, n)
+            info = stream_info(exp_dir, n) if full.get("stream") else codec_info(config, n)
         except ValueError as e:
             log.warning("%s: %s; skipped", score_dir, e)
             return None
@@ -111,6 +153,10 @@ def main(argv=None) -> int:
         return 1
     output = Path(args.output) if Path(args.output).is_absolute() else recipe_dir / args.output
     text = write_results_md(output, entries, args.title)
+    extra = codecs_section(entries)
+    if extra:
+        text += extra
+        output.write_text(text)
     print(text.split("### Protocol")[0])
     log.info("wrote %s", output)
     return 0

@@ -41,7 +41,11 @@ class Codec:
     def bps(self, num_rows: Optional[int] = None) -> float:
         """Bits per second of a token stream with the first `num_rows` rows: Σ log2(K_q) × frame rate."""
         n = self.num_quantizers if num_rows is None else int(num_rows)
-        return sum(math.log2(k) for k in self.codebook_sizes[:n]) * self.frame_rate
+        return self.bps_of(self.all_codebook_sizes()[:n])
+
+    def bps_of(self, codebook_sizes: Sequence[int]) -> float:
+        """Σ log2(K) × frame rate for a stream with these codebooks per frame."""
+        return sum(math.log2(k) for k in codebook_sizes) * self.frame_rate
 
     def describe(self) -> dict:
         """The facts a results table needs (JSON-serialisable)."""
