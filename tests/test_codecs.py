@@ -227,3 +227,14 @@ def test_probe_takes_a_codec(models, tmp_path):
         codec = load_codec_family(f"{family}:{models[family]}")
         want = codec.embed(_wav(0.8, codec.sample_rate, seed=0))
         assert feats["valid0"].shape[1] == want.shape[1]
+
+
+def test_xy_embed_is_the_probe_feature(models):
+    """xy's embed() is exactly the probe's z_q feature (codec windowing + decode_codes)."""
+    from xytok.eval.probe import extract_zq
+
+    codec = load_codec_family(f"xy:{models['xy']}")
+    w = _wav(2.5, 16000)
+    np.testing.assert_array_equal(codec.embed(w), extract_zq(codec.codec, w))
+    two = load_codec_family(f"xy:{models['xy']}", num_quantizers=2).embed(w)
+    assert two.shape == codec.embed(w).shape and not np.allclose(two, codec.embed(w))

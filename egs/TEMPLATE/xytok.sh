@@ -424,7 +424,7 @@ resolve_model() {
         model_spec=$family:$m; model_config=; model_ckpt=
         model_exp=$expdir/${inference_exp_name:-$label}
         _model_opts=(--model "$model_spec"); _probe_model_opts=(--codec "$model_spec")
-        mkdir -p "$model_exp"; echo "$model_exp" > "$expdir/.last_model_exp"
+        mkdir -p "$model_exp" "$expdir"; echo "$model_exp" > "$expdir/.last_model_exp"
         log "  model: ${model_spec} (outputs under $model_exp/$inference_tag)"
         return 0
     fi
@@ -453,7 +453,7 @@ resolve_model() {
     [ -f "$model_ckpt" ] || die "$model_ckpt not found next to $model_config"
     _model_opts=(--config "$model_config" --checkpoint "$model_ckpt")
     _probe_model_opts=("${_model_opts[@]}")
-    mkdir -p "$model_exp"; echo "$model_exp" > "$expdir/.last_model_exp"
+    mkdir -p "$model_exp" "$expdir"; echo "$model_exp" > "$expdir/.last_model_exp"
     log "  model: $model_config + $model_ckpt (outputs under $model_exp/$inference_tag)"
 }
 
@@ -486,7 +486,8 @@ if run_stage 7; then
     # BPS from the token stream (rows the codes hold x log2 codebook sizes x frame rate) -> RESULTS.md
     _info_opts=()
     for dset in $test_sets; do
-        _info_opts+=(--codes "$model_exp/$inference_tag/$dset/codes.scp" --utt2num_samples "$data_feats/$dset/utt2num_samples")
+        _info_opts+=(--codes "$model_exp/$inference_tag/$dset/codes.scp")
+        [ -f "$data_feats/$dset/utt2num_samples" ] && _info_opts+=(--utt2num_samples "$data_feats/$dset/utt2num_samples")
     done
     ${python} -m xytok.bin.codec_info --model "${model_spec:-xy:$model_config}" "${_info_opts[@]}" --fs "$fs" \
         --out "$model_exp/$inference_tag/codec_info.json" || die "codec_info failed for $model_exp/$inference_tag"

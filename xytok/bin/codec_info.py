@@ -61,12 +61,15 @@ def main(argv=None) -> int:
     if not codes:
         print(f"codec_info: no codes in {', '.join(args.codes)}", file=sys.stderr)
         return 1
+    from xytok.data.table import TableError, iter_table
+
     num_samples = {}
-    for f in args.utt2num_samples:
-        for line in Path(f).read_text().splitlines():
-            if line.strip():
-                u, n = line.split()[:2]
-                num_samples[u] = int(n)
+    try:
+        for f in args.utt2num_samples:
+            num_samples.update({u: int(n) for u, n, _ in iter_table(f, key_name="utterance id")})
+    except (TableError, OSError, ValueError) as e:
+        print(f"codec_info: {e}", file=sys.stderr)
+        return 1
     try:
         info = stream_info(codec, codes, num_samples, args.fs)
     except ValueError as e:

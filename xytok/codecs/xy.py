@@ -6,30 +6,13 @@ first n RVQ layers (codes (n, T); decode sums the first n layers' codewords)."""
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
 from xytok.codecs.base import Codec, CodecSpecError
 
 RELEASED = "fdugyt/XY_Tokenizer"
-WINDOW_SAMPLES = 30 * 16000  # the codec sees at most one 30-s window at a time
-MIN_SAMPLES = 1280           # one 80 ms code frame
-
-
-def tokenize_windows(codec, wav, first_only: bool = False) -> Iterator[Tuple[dict, int]]:
-    """XYTokenizer.tokenize output and its code-frame count per 30-s window of one 1-D 16 kHz
-    utterance (windows shorter than one code frame are skipped). No overlap: these are the
-    probe's features, one frame per 80 ms."""
-    wav = torch.as_tensor(wav, dtype=torch.float32)
-    starts = [0] if first_only else range(0, len(wav), WINDOW_SAMPLES)
-    for start in starts:
-        chunk = wav[start:start + WINDOW_SAMPLES].to(codec.device)
-        if len(chunk) < MIN_SAMPLES:
-            continue
-        mel, mel_lengths = codec.wav_to_mel(chunk.unsqueeze(0), torch.tensor([len(chunk)], device=codec.device))
-        out = codec.tokenize(mel, mel_lengths)
-        yield out, int(out["codes_lengths"][0])
 
 
 def resolve_xy_source(name_or_dir: str) -> Tuple[str, Optional[str]]:
@@ -97,11 +80,8 @@ class XYCodec(Codec):
         return [w.float().reshape(-1).cpu() for w in wavs]
 
     def _embed_one(self, wav):
-        pieces = []
-        for out, t in tokenize_windows(self.codec, wav):
-            if self.num_quantizers == self.max_quantizers:
-                zq = out["zq"][0, :, :t]
-            else:
-                zq = self.codec.decode_codes(out["codes"][: self.num_quantizers, :, :t])[0]
-            pieces.append(zq.transpose(0, 1))
-        return torch.cat(pieces, dim=0)
+        # as the probe's extract_zq: codes from the codec's own encode windowing, then the eval
+        # quantizer output for the first num_quantizers layers (sum of codewords, projected)
+        codes = self.codec.encode([wav], overlap_seconds=self.overlap_seconds)[0][: self.num_quantizers]
+        zq = self.codec.decode_codes(codes.unsqueeze(1).to(self.device))  # (1, C, T)
+        return zq[0].transpose(0, 1)
