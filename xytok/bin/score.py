@@ -45,6 +45,9 @@ def get_parser() -> argparse.ArgumentParser:
                         "openai-whisper, normalizer.json of the openai/whisper-* checkpoints); default: found "
                         "in the openai-whisper package or fetched from openai/whisper-large-v3")
     p.add_argument("--device", default="cpu", help="torch device for ASR/SIM models (cpu, cuda, cuda:0)")
+    p.add_argument("--align_max_lag_ms", type=float, default=0.0,
+                   help="shift each reconstruction by its cross-correlation lag within ±this many ms before "
+                        "PESQ/STOI (codecs that delay their output; the lag is recorded); 0 = truncation only")
     p.add_argument("--max_utts", type=int, default=None, help="score only the first N reference utterances")
     return p
 
@@ -73,7 +76,8 @@ def main(argv=None) -> int:
         print(f"xytok score: normalizer {args.normalizer!r}: {e}", file=sys.stderr)
         return 2
     cfg = ScoreConfig(metrics=metrics, asr_backend=args.asr_backend, asr_model=args.asr_model,
-                      sim_backend=args.sim_backend, sim_model=args.sim_model, device=args.device)
+                      sim_backend=args.sim_backend, sim_model=args.sim_model, device=args.device,
+                      max_lag_ms=args.align_max_lag_ms)
     logging.getLogger("xytok.score").info("scoring %d references against %s (%d entries), metrics %s, nj=%d",
                                           len(ref_list), args.hyp, len(hyp_list), ",".join(metrics), args.nj)
     try:

@@ -16,7 +16,7 @@ import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
 
-from xytok.eval.inputs import AudioReadError, load_wav_info
+from xytok.eval.inputs import SAMPLE_RATE, AudioReadError, load_wav_info
 from xytok.eval.metrics import SIGNAL_METRICS, compute_signal_metrics
 from xytok.progress import ProgressLog
 
@@ -32,6 +32,9 @@ class ScoreConfig:
     sim_backend: str = "resemblyzer"
     sim_model: str | None = None
     device: str = "cpu"
+    # > 0: shift the reconstruction by the cross-correlation lag within ±max_lag_ms before the
+    # signal metrics (xytok.eval.align; codecs that delay their output); 0: truncation only
+    max_lag_ms: float = 0.0
 
 
 @dataclass
@@ -40,6 +43,7 @@ class UttResult:
     values: dict = field(default_factory=dict)    # metric -> float
     failures: dict = field(default_factory=dict)  # metric -> reason
     samples_cut: int = 0
+    lag_samples: int = 0  # cross-correlation shift applied to the hypothesis (ScoreConfig.max_lag_ms)
     ref_samples: int = 0
     hyp_samples: int = 0
     asr_ref: str | None = None
@@ -133,7 +137,13 @@ def score_one(job: tuple) -> UttResult:
         return res
 
     signal = [m for m in wanted if m in SIGNAL_METRICS]
-    values, failures, res.samples_cut = compute_signal_metrics(ref, hyp, signal)
+    ref_s, hyp_s, pre_cut = ref, hyp, 0
+    if cfg.max_lag_ms > 0 and signal:
+        from xytok.eval.align import align_by_xcorr
+
+        ref_s, hyp_s, res.lag_samples, pre_cut = align_by_xcorr(ref, hyp, int(cfg.max_lag_ms * SAMPLE_RATE / 1000))
+    values, failures, res.samples_cut = compute_signal_metrics(ref_s, hyp_s, signal)
+    res.samples_cut += pre_cut
     res.values.update(values)
     res.failures.update(failures)
     n = min(len(ref), len(hyp))

@@ -145,8 +145,16 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
                     if t is not None:
                         f.write(f"{r.utt_id} {t}".rstrip() + "\n")  # Kaldi text: no trailing space
     cut = [r.samples_cut for r in results if r.hyp_samples]
+    lags = [r.lag_samples for r in results if r.hyp_samples]
     summary["length_alignment"] = {
-        "method": "truncate both to the shorter signal",
+        "method": (f"shift the reconstruction by the cross-correlation lag within ±{cfg.max_lag_ms:g} ms, "
+                   "then truncate both to the shorter signal" if getattr(cfg, "max_lag_ms", 0) > 0
+                   else "truncate both to the shorter signal"),
+        "max_lag_ms": getattr(cfg, "max_lag_ms", 0.0),
+        "n_utts_shifted": sum(lag != 0 for lag in lags),
+        "max_abs_lag_samples": int(max((abs(lag) for lag in lags), default=0)),
+        "mean_lag_samples": float(sum(lags) / len(lags)) if lags else 0.0,
+        "lag_samples_by_utt": {r.utt_id: r.lag_samples for r in results if r.lag_samples},
         "n_utts_cut": sum(c > 0 for c in cut),
         "total_samples_cut": int(sum(cut)),
         "max_samples_cut": int(max(cut, default=0)),
