@@ -49,5 +49,7 @@ def test_score_aligns_delayed_reconstruction(tmp_path):
         out[lag_ms] = json.loads((d / "summary.json").read_text())
     la = out[20]["length_alignment"]
     assert la["lag_samples_by_utt"] == {"u1": 80} and la["max_lag_ms"] == 20 and "cross-correlation" in la["method"]
+    assert "cross-correlation lag within ±20 ms" in out[20]["protocol"]["length_alignment"]
+    assert "truncated" in out[0]["protocol"]["length_alignment"]
     assert out[0]["length_alignment"]["n_utts_shifted"] == 0
     assert out[20]["metrics"]["stoi"]["mean"] > 0.99 > out[0]["metrics"]["stoi"]["mean"]

@@ -60,7 +60,10 @@ def test_stages_7_10_for_xy_dac_mimi(tmp_path):
         # decoded audio at the codec's rate (resampled to 16 kHz by scoring)
         wavs = read_kv(dec / "wav" / "wav.scp")
         assert len(wavs) == n_test and sf.info(rdir / next(iter(wavs.values()))).samplerate == sr
-        assert json.loads((dec / "score" / "summary.json").read_text())["metrics"]["stoi"]["n_scored"] == n_test
+        summary = json.loads((dec / "score" / "summary.json").read_text())
+        assert summary["metrics"]["stoi"]["n_scored"] == n_test
+        # --align_max_lag_ms auto: cross-correlation alignment for the other families, truncation for xy
+        assert summary["length_alignment"]["max_lag_ms"] == (0 if name == "tiny_xy" else 20)
         probe = json.loads((exp / "probe" / "probe.json").read_text())
         assert probe["n_valid"] == 2 and probe["wer"] >= 0
     assert json.loads((exps["mimi_mimi_tiny_num_quantizers_4"] / "probe" / "probe.json").read_text())["codec"]["num_quantizers"] == 4

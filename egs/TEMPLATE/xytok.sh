@@ -86,6 +86,9 @@ decode_num_quantizers= # stages 8-9: decode + score from the first n RVQ layers,
 scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score
 asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
 scoring_args=          # extra arguments for xytok score
+align_max_lag_ms=auto  # stage 9: shift each reconstruction by its cross-correlation lag within ±this many ms
+                       # before PESQ/STOI (recorded); auto = 0 (truncation only, the paper protocol) for xy
+                       # models, 20 for other codec families (their decoders may delay the output)
 probe_args=            # extra arguments for the text-alignment probe (stage 10)
 probe_baseline=false   # stage 10 also probes a randomly initialised codec of the same config (control)
 pack_args=             # extra arguments for pack_model (stage 11), e.g. "--license apache-2.0 --no_ckpt"
@@ -519,6 +522,10 @@ if run_stage 8; then
 fi
 
 if run_stage 9; then
+    _align_ms=$align_max_lag_ms
+    if [ "$_align_ms" = auto ]; then
+        case ${model_spec:-xy:} in xy:*) _align_ms=0 ;; *) _align_ms=20 ;; esac
+    fi
     log "Stage 9: scoring (${scoring_metrics}; ASR ${asr_backend}) and RESULTS.md"
     for dset in $test_sets; do
         dir=$model_exp/$inference_tag/$dset
@@ -533,7 +540,7 @@ if run_stage 9; then
             ${_infer_cmd} --num_threads "$nj" "$dir/score$_sfx/score.log" \
                 xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav$_sfx/wav.scp" \
                     --text "$data_feats/$dset/text" --metrics "$scoring_metrics" --asr_backend "$asr_backend" \
-                    --nj "$nj" --device "$_device" --out "$dir/score$_sfx" ${scoring_args} \
+                    --nj "$nj" --device "$_device" --out "$dir/score$_sfx" --align_max_lag_ms "$_align_ms" ${scoring_args} \
                 || die "$dset${_sfx:+ ($_sfx)}: xytok score failed (an ASR/SIM model that cannot load, or a metric that scored nothing): see $dir/score$_sfx/score.log"
             touch "$dir/.score$_sfx.done"
         done

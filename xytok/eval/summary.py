@@ -160,6 +160,10 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
         "max_samples_cut": int(max(cut, default=0)),
         "mean_samples_cut": float(sum(cut) / len(cut)) if cut else 0.0,
     }
+    if getattr(cfg, "max_lag_ms", 0) > 0:  # the protocol line states the alignment actually used
+        summary["protocol"] = {**summary["protocol"], "length_alignment": (
+            f"reconstruction shifted by its cross-correlation lag within ±{cfg.max_lag_ms:g} ms (lags recorded), "
+            "then both signals truncated to the shorter one before PESQ/STOI; samples cut recorded")}
     summary["downmix"] = {
         "method": "mean of the channels",
         "n_ref_downmixed": sum(r.ref_downmixed for r in results),
