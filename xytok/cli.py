@@ -158,7 +158,8 @@ def model_family(args) -> str:
     if family == "xy":
         from xytok.codecs.xy import RELEASED
 
-        args.model = RELEASED if ident in ("", "released") else ident
+        # xy:released is the hub release unless a local ./released (a saved copy) exists
+        args.model = RELEASED if ident == "" or (ident == "released" and not os.path.exists(ident)) else ident
         return family
     for opt in ("config", "checkpoint", "model_dir"):
         if getattr(args, opt, None):

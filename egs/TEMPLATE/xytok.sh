@@ -420,9 +420,9 @@ resolve_model() {
         read -r family label ident <<< "$parsed"
         m=$ident
     fi
-    # a non-xy codec, the released xy model, or an xy hub id: loaded through xytok.codecs by spec
-    # (a missing ORG/NAME that is not under $expdir is taken as a hub id)
-    if [ "$family" != xy ] || [ "$m" = released ] || \
+    # a non-xy codec, the released xy model (unless ./released exists: a local copy), or an xy hub
+    # id: loaded through xytok.codecs by spec (a missing ORG/NAME not under $expdir is a hub id)
+    if [ "$family" != xy ] || { [ "$m" = released ] && [ ! -e released ]; } || \
         { [ ! -e "$m" ] && [[ $m =~ ^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$ ]] && [[ $m != "$expdir"/* ]] && [[ $m != .* ]]; }; then
         model_spec=$family:$m; model_config=; model_ckpt=
         model_exp=$expdir/${inference_exp_name:-$label}

@@ -19,8 +19,8 @@ def resolve_xy_source(name_or_dir: str) -> Tuple[str, Optional[str]]:
     """(load_codec's first argument, checkpoint or None) for an xy spec id: ``released`` (the hub
     release), a hub id, a directory (export dir, exp dir, hub snapshot) or a config.yaml with
     model.ckpt / model.safetensors beside it."""
-    if name_or_dir in ("", "released"):
-        return RELEASED, None
+    if name_or_dir == "" or (name_or_dir == "released" and not os.path.exists(name_or_dir)):
+        return RELEASED, None  # (a local ./released, e.g. a saved copy, wins)
     if os.path.isfile(name_or_dir) and name_or_dir.endswith((".yaml", ".yml")):
         d = os.path.dirname(name_or_dir)
         for w in ("model.ckpt", "model.safetensors"):
