@@ -238,3 +238,27 @@ def test_xy_embed_is_the_probe_feature(models):
     np.testing.assert_array_equal(codec.embed(w), extract_zq(codec.codec, w))
     two = load_codec_family(f"xy:{models['xy']}", num_quantizers=2).embed(w)
     assert two.shape == codec.embed(w).shape and not np.allclose(two, codec.embed(w))
+
+
+def test_spec_entry_point_and_codec_info(models, tmp_path, capsys):
+    import json
+
+    from xytok.bin import codec_info
+    from xytok.codecs.__main__ import main as spec_main
+    from xytok.io_codes import write_codes
+
+    assert spec_main(["mimi:some/dir"]) == 0 and capsys.readouterr().out.split() == ["mimi", "mimi_dir", "some/dir"]
+    assert spec_main(["bad:x"]) == 1 and "unknown codec family" in capsys.readouterr().err
+    assert spec_main(["--help"]) == 0 and "dac" in capsys.readouterr().out
+    # BPS is billed for the rows the codes hold: 2 of DAC's 4 codebooks of 64 at 50 Hz = 600 bps
+    write_codes(str(tmp_path / "codes.scp"), {"a": np.zeros((2, 50), np.int64), "b": np.ones((2, 25), np.int64)})
+    (tmp_path / "utt2num_samples").write_text("a 16000\nb 8000\n")
+    out = tmp_path / "info.json"
+    assert codec_info.main(["--model", f"dac:{models['dac']}", "--codes", str(tmp_path / "codes.scp"),
+                            "--utt2num_samples", str(tmp_path / "utt2num_samples"), "--out", str(out)]) == 0
+    info = json.loads(out.read_text())
+    assert (info["num_quantizers"], info["bps"], info["measured_frame_rate"], info["n_utts"]) == (2, 600.0, 50.0, 2)
+    write_codes(str(tmp_path / "mixed.scp"), {"a": np.zeros((2, 5), np.int64), "b": np.zeros((3, 5), np.int64)})
+    assert codec_info.main(["--model", f"dac:{models['dac']}", "--codes", str(tmp_path / "mixed.scp"),
+                            "--out", str(out)]) == 1
+    assert "different numbers of rows" in capsys.readouterr().err

@@ -16,8 +16,6 @@ class DacCodec(HFCodec):
     def __init__(self, name_or_dir: str, device="cpu", revision=None, num_quantizers=None):
         super().__init__(name_or_dir, device, revision)
         c = self.config
-        self.sample_rate = int(c.sampling_rate)
-        self.frame_rate = self.frame_rate_of(c)
         self.max_quantizers = int(c.n_codebooks)
         self.num_quantizers = self._check_num_quantizers(num_quantizers)
         self.codebook_sizes = [int(c.codebook_size)] * self.num_quantizers

@@ -20,8 +20,6 @@ class EncodecCodec(HFCodec):
         if int(c.audio_channels) != 1 or c.chunk_length is not None:
             raise CodecSpecError(f"encodec {name_or_dir}: only mono, unchunked EnCodec models are supported "
                                  f"(audio_channels={c.audio_channels}, chunk_length_s={c.chunk_length_s})")
-        self.sample_rate = int(c.sampling_rate)
-        self.frame_rate = self.frame_rate_of(c)
         q = self.model.quantizer
         self.max_quantizers = int(q.num_quantizers)
         by_nq = {int(q.get_num_quantizers_for_bandwidth(bw)): bw for bw in c.target_bandwidths}

@@ -40,6 +40,8 @@ class HFCodec(Codec):
         self.device = torch.device(device)
         self.model = load_hf_model(self.class_name, name_or_dir, device, revision)
         self.config = self.model.config
+        self.sample_rate = int(self.config.sampling_rate)
+        self.frame_rate = self.frame_rate_of(self.config)
         log.info("loaded %s %s (%s Hz, %g Hz frames) on %s", self.class_name, name_or_dir,
                  self.config.sampling_rate, self.frame_rate_of(self.config), self.device)
 

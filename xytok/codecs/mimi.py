@@ -14,8 +14,6 @@ class MimiCodec(HFCodec):
     def __init__(self, name_or_dir: str, device="cpu", revision=None, num_quantizers=None):
         super().__init__(name_or_dir, device, revision)
         c = self.config
-        self.sample_rate = int(c.sampling_rate)
-        self.frame_rate = self.frame_rate_of(c)
         self.max_quantizers = int(c.num_quantizers)
         # the semantic codebook(s) come first and cannot be dropped
         self.num_quantizers = self._check_num_quantizers(
