@@ -262,3 +262,28 @@ def test_spec_entry_point_and_codec_info(models, tmp_path, capsys):
     assert codec_info.main(["--model", f"dac:{models['dac']}", "--codes", str(tmp_path / "mixed.scp"),
                             "--out", str(out)]) == 1
     assert "different numbers of rows" in capsys.readouterr().err
+
+
+def test_cli_encode_shards_family(models, tmp_path):
+    """--format shards with another codec: its codes, frame rate and sample rate in info.json."""
+    import json
+
+    from xytok.bin import encode
+    from xytok.tokens import read_shards
+
+    wavs = _write_wavs(tmp_path / "in", 16000)
+    out = tmp_path / "tokens"
+    assert encode.main([str(wavs), str(out), "--format", "shards", "--model", f"mimi:{models['mimi']}",
+                        "--num_quantizers", "2", "--no_progress"]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert (info["num_quantizers"], info["codebook_size"], info["frame_rate"], info["sample_rate"],
+            info["codec_family"]) == (2, 64, 12.5, 24000, "mimi")
+    got = {u: c for u, c, _ in read_shards(out)}
+    codec = load_codec_family(f"mimi:{models['mimi']}", num_quantizers=2)
+    import soundfile as sf
+
+    from xytok.audio import load_audio
+
+    w, _ = load_audio(str(wavs / "utt0.wav"), target_sr=24000)
+    assert torch.equal(torch.as_tensor(got["utt0"]), codec.encode([w])[0])
+    assert sf.info(wavs / "utt0.wav").samplerate == 16000

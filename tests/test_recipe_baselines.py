@@ -74,3 +74,14 @@ def test_stages_7_10_for_xy_dac_mimi(tmp_path):
         assert name in rows, md[:3000]
         assert rows[name][1] == bps and rows[name][3] not in ("", "—"), rows[name]  # BPS, probe WER
     assert "### Codecs (BPS from the token streams)" in md and "resampled back to 16 kHz" in md
+
+
+def test_bad_model_spec_is_refused(tmp_path):
+    rdir = make_recipe(tmp_path, "mini")
+    base = "./xytok.sh --train_set tr --valid_set dev --test_sets test --stage 7 --stop_stage 7 "
+    r = run(base + "--inference_model nope:some/dir", rdir, timeout=120)
+    assert r.returncode != 0 and "unknown codec family 'nope'" in r.stdout + r.stderr
+    # every spec is checked before the first model runs
+    r = run(base + "--inference_models 'dac:x nope:y#--num_quantizers=2'", rdir, timeout=120)
+    assert r.returncode != 0 and "bad model 'nope:y'" in r.stdout + r.stderr
+    assert "=== model" not in r.stdout + r.stderr

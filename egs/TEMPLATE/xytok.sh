@@ -383,6 +383,9 @@ fi
 if [ -n "$inference_models" ] && { run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10; }; then
     _first=$(( stage > 7 ? stage : 7 )); _last=$(( stop_stage < 10 ? stop_stage : 10 ))
     _results_opts=()
+    for _entry in $inference_models; do  # every spec checked before any model runs
+        ${python} -m xytok.codecs "${_entry%%#*}" > /dev/null || die "--inference_models: bad model '${_entry%%#*}'"
+    done
     for _entry in $inference_models; do
         IFS='#' read -r -a _parts <<< "$_entry"
         _spec=${_parts[0]}; _margs=("${_parts[@]:1}")

@@ -166,6 +166,7 @@ def _run(args) -> int:
         if nq > codec.num_quantizers:
             raise CLIError(f"--num_quantizers {nq}: the model has {codec.num_quantizers} RVQ layers")
         sample_rate, hop, codebook_size = SAMPLE_RATE, SAMPLES_PER_CODE, codec.codebook_size
+        frame_rate, model_info = sample_rate / hop, {}
 
         def encode_items(items):  # the first nq RVQ layers (a residual VQ's codes are a prefix)
             return [c[:nq] for c in _encode_group(codec, items, device, args.overlap_seconds)]
@@ -178,6 +179,7 @@ def _run(args) -> int:
         if len(set(codec.codebook_sizes)) != 1 and fmt == "shards":
             raise CLIError("--format shards needs one codebook size for every row")
         codebook_size = codec.codebook_sizes[0]
+        frame_rate, model_info = codec.frame_rate, {"codec_family": codec.family, "model": codec.name}
         encode_items = codec.encode
 
         def frames_ok(n_samples, t):  # codecs pad the last frame (ceil) or drop it (floor)
@@ -187,7 +189,7 @@ def _run(args) -> int:
         from xytok.tokens import TokenShardError, TokenShardWriter, make_info
 
         meta_tables = _read_meta_tables(args, {u for u, _ in items})
-        info = make_info(nq, codebook_size, frame_rate=sample_rate / hop, sample_rate=sample_rate)
+        info = make_info(nq, codebook_size, frame_rate=frame_rate, sample_rate=sample_rate, **model_info)
         prefix = "codes" if args.num_jobs == 1 else f"codes.{args.job}of{args.num_jobs}"
         try:
             writer = TokenShardWriter(args.output, info, prefix=prefix,
