@@ -35,8 +35,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr_model", default=None,
                    help="HF model id or local dir (defaults: whisper openai/whisper-large-v3, "
                         "hubert facebook/hubert-large-ls960-ft)")
-    p.add_argument("--sim_backend", default="resemblyzer", choices=["resemblyzer", "wavlm"])
-    p.add_argument("--sim_model", default=None, help="wavlm: HF id or local dir (default microsoft/wavlm-base-plus-sv)")
+    p.add_argument("--sim_backend", default="resemblyzer", choices=["resemblyzer", "wavlm", "wavlm_tdnn"])
+    p.add_argument("--sim_model", default=None,
+                   help="wavlm: HF id or local dir (default microsoft/wavlm-base-plus-sv); "
+                        "wavlm_tdnn: local UniSpeech wavlm_large_finetune.pth (required)")
     p.add_argument("--normalizer", default="basic_english",
                    choices=["basic_english", "whisper_english", "whisper_english_nospelling", "none"],
                    help="text normaliser applied to references and hypotheses alike (see xytok.eval.normalizer)")

@@ -7,13 +7,17 @@ Backends:
   `microsoft/wavlm-base-plus-sv`, or any local directory saved with `save_pretrained`.
   Papers (SimWhisper-Codec, the XY evaluation) use WavLM-TDNN "wavlm_large_finetune"; that checkpoint
   is not an HF model, so numbers from the two are close but not identical - state the backend.
+- `wavlm_tdnn`: that WavLM-large + ECAPA-TDNN model itself (UniSpeech speaker verification), loaded
+  from a local `wavlm_large_finetune.pth` given as the model (xytok.eval.sim_wavlm_tdnn); the
+  upstream weights come from the same file, mapped onto transformers' WavLMModel.
 """
 from __future__ import annotations
 
 import numpy as np
 
 SAMPLE_RATE = 16000
-DEFAULT_MODELS = {"resemblyzer": "resemblyzer-0.1.4-builtin", "wavlm": "microsoft/wavlm-base-plus-sv"}
+DEFAULT_MODELS = {"resemblyzer": "resemblyzer-0.1.4-builtin", "wavlm": "microsoft/wavlm-base-plus-sv",
+                  "wavlm_tdnn": "wavlm_large_finetune.pth (local path required)"}
 
 
 class SimError(Exception):
@@ -69,7 +73,30 @@ class WavLMSim:
         return emb[0].float().cpu().numpy()
 
 
-BACKENDS = {"resemblyzer": ResemblyzerSim, "wavlm": WavLMSim}
+class WavLMTdnnSim:
+    name = "wavlm_tdnn"
+
+    def __init__(self, model: str | None = None, device: str = "cpu"):
+        import torch
+
+        from xytok.eval.sim_wavlm_tdnn import load_wavlm_tdnn
+
+        if not model:
+            raise SimError("the wavlm_tdnn backend needs --sim_model PATH/TO/wavlm_large_finetune.pth")
+        self.model_name = model
+        self.device = torch.device(device)
+        self.model = load_wavlm_tdnn(model, device=device)
+
+    def embed(self, wav: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.asarray(wav, dtype=np.float32)).to(self.device)[None]
+        with torch.inference_mode():
+            emb = self.model(x)
+        return emb[0].float().cpu().numpy()
+
+
+BACKENDS = {"resemblyzer": ResemblyzerSim, "wavlm": WavLMSim, "wavlm_tdnn": WavLMTdnnSim}
 
 
 def get_sim_backend(name: str, model: str | None = None, device: str = "cpu"):
