@@ -11,6 +11,12 @@ EXTRAS = {
         "pystoi>=0.4",
         "resemblyzer>=0.1.4",
         "pocketsphinx>=5.0",
+        # DNSMOS (xytok.eval.mos): speechmos ships the ONNX models (offline) but declares none of
+        # the packages it imports.
+        "speechmos>=0.0.1",
+        "onnxruntime>=1.20",
+        "librosa>=0.10",
+        "requests",
         # resemblyzer -> webrtcvad does `import pkg_resources`, removed in setuptools 81.
         "setuptools<81",
     ],

@@ -26,4 +26,5 @@ probe_args+=" --dropout 0.3 --frame_dropout 0.1"
     --nbpe 100 --nj 2 --inference_nj 2 --ngpu 0 \
     --min_wav_duration 0.5 --max_wav_duration 20 \
     --probe_args "$probe_args" --probe_baseline true \
+    --scoring_metrics "pesq_wb,pesq_nb,stoi,estoi,sim,wer,dnsmos" \
     "$@"

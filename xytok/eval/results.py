@@ -120,7 +120,7 @@ def find_config(exp_dir: Path, probe: dict | None) -> str | None:
 
 
 # Table column -> summary.json metric, for the per-metric N.
-COLUMN_METRICS = {"SIM": "sim", "STOI": "stoi", "PESQ-NB": "pesq_nb", "PESQ-WB": "pesq_wb"}
+COLUMN_METRICS = {"SIM": "sim", "STOI": "stoi", "PESQ-NB": "pesq_nb", "PESQ-WB": "pesq_wb", "DNSMOS": "dnsmos"}
 N_NOTE = ("N = utterances scored (the largest count over the metrics); a cell computed on fewer "
           "utterances (some failed) says so as `(N=k)`.")
 
@@ -146,6 +146,7 @@ def model_row(name, summary, probe, info) -> dict:
         "SIM": _f(_metric(summary, "sim")), "STOI": _f(_metric(summary, "stoi")),
         "PESQ-NB": _f(_metric(summary, "pesq_nb")), "PESQ-WB": _f(_metric(summary, "pesq_wb")),
         "WER (recon)": f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
+        "DNSMOS": _f(_metric(summary, "dnsmos")),
     }
     counts = column_counts(summary)
     n = max(counts.values(), default=0)
@@ -172,8 +173,15 @@ def ground_truth_row(summary) -> dict | None:
     row = {c: DASH for c in COLUMNS}
     row.update({"Codec": "ground truth", "BPS": "256k (16-bit PCM)", "Frame rate": DASH,
                 "WER (recon)": f"{100 * gt['rate']:.2f}%" if gt.get("rate") is not None else DASH,
-                "N": str(gt.get("n_utts", 0))})
+                "DNSMOS": _f(_metric(summary, "dnsmos_ref")), "N": str(gt.get("n_utts", 0))})
     return row
+
+
+def columns_for(summaries, base=COLUMNS) -> list:
+    """COLUMNS, plus DNSMOS (before N) when any of the summaries scored it."""
+    if any("dnsmos" in (s or {}).get("metrics", {}) for s in summaries):
+        return base[:-1] + ["DNSMOS"] + base[-1:]
+    return list(base)
 
 
 def markdown_table(rows, columns=COLUMNS) -> str:
@@ -219,6 +227,9 @@ def protocol_lines(summary, probe, test_set, control=None) -> list[str]:
         f"- SIM: {p.get('sim', 'cosine of speaker embeddings')}, backend `{sim.get('backend', DASH)}` "
         f"(model `{sim.get('model', DASH)}`; resemblyzer {v.get('resemblyzer')}, transformers {v.get('transformers')}).",
     ]
+    if "dnsmos" in summary.get("metrics", {}):
+        lines.append(f"- DNSMOS: {p.get('dnsmos', '?')}; speechmos {v.get('speechmos')}, onnxruntime "
+                     f"{v.get('onnxruntime')}; the ground truth row's DNSMOS is the references' OVRL.")
     if wer:
         lines.append(f"- WER (recon): ASR `{wer.get('asr_backend')}` (model `{wer.get('asr_model')}`), "
                      f"{p.get('wer', 'corpus WER')}; jiwer {v.get('jiwer')}; normaliser "
@@ -258,7 +269,7 @@ def write_results_md(output, entries, title="RESULTS") -> str:
         gt = ground_truth_row(es[0]["summary"])
         if gt:
             rows.append(gt)
-        out += [f"## {test_set}", "", markdown_table(rows), "",
+        out += [f"## {test_set}", "", markdown_table(rows, columns_for(e["summary"] for e in es)), "",
                 "WER = text-alignment probe WER (fraction); WER (recon) = ASR on reconstructions vs the "
                 "reference transcripts (%); ground truth = reference audio through the same ASR "
                 "(its SIM/STOI/PESQ vs itself are trivial: —). " + N_NOTE, "", "### Protocol", ""]
@@ -279,7 +290,7 @@ def write_results_md(output, entries, title="RESULTS") -> str:
 
 def comparison_table(entries, with_paper=True) -> str:
     """One table: our scored models (any test sets) and the paper's rows alongside."""
-    cols = ["Source"] + COLUMNS
+    cols = ["Source"] + columns_for(e["summary"] for e in entries)
     rows = []
     for e in entries:
         r = model_row(e["name"], e["summary"], e["probe"], e["info"])

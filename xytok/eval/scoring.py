@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from xytok.eval.inputs import SAMPLE_RATE, AudioReadError, load_wav_info
 from xytok.eval.metrics import SIGNAL_METRICS, compute_signal_metrics
+from xytok.eval.mos import output_columns
 from xytok.progress import ProgressLog
 
-ALL_METRICS = SIGNAL_METRICS + ("sim", "wer")
+ALL_METRICS = SIGNAL_METRICS + ("sim", "wer", "dnsmos")
 log = logging.getLogger("xytok.score")
 
 
@@ -71,6 +72,14 @@ def build_backends(cfg: ScoreConfig) -> dict:
         except Exception as e:  # noqa: BLE001 - whatever the library raises, say which model failed
             raise BackendError(f"metric {metric}: cannot build the {kind.upper()} backend {name!r} with model "
                                f"{model or defaults.get(name, '?')!r}: {type(e).__name__}: {e}") from e
+    if "dnsmos" in cfg.metrics:
+        from xytok.eval.mos import DnsmosScorer
+
+        try:
+            out["dnsmos"] = DnsmosScorer()
+        except Exception as e:  # noqa: BLE001 - missing speechmos/onnxruntime or model files
+            raise BackendError(f"metric dnsmos: cannot build the DNSMOS backend (speechmos' bundled ONNX models): "
+                               f"{type(e).__name__}: {e}") from e
     return out
 
 
@@ -112,7 +121,7 @@ def score_one(job: tuple) -> UttResult:
     utt, ref_entry, hyp_entry = job
     cfg: ScoreConfig = _STATE["cfg"]
     res = UttResult(utt)
-    wanted = list(cfg.metrics)
+    wanted = output_columns(cfg.metrics)  # dnsmos failures are recorded under each of its keys
     try:
         ref, info = load_wav_info(ref_entry, utt=utt)
         res.ref_samples, res.ref_downmixed = len(ref), info.downmixed
@@ -154,6 +163,12 @@ def score_one(job: tuple) -> UttResult:
             res.values["sim"] = speaker_similarity(_backend("sim"), ref[:n], hyp[:n])
         except Exception as e:  # noqa: BLE001
             res.failures["sim"] = f"sim_failed: {type(e).__name__}: {e}"
+    if "dnsmos" in wanted:  # reference-free: each side scored on its full length
+        from xytok.eval.mos import dnsmos_values
+
+        values, failures = dnsmos_values(_backend("dnsmos"), ref, hyp)
+        res.values.update(values)
+        res.failures.update(failures)
     if "wer" in wanted and "wer" not in res.failures:
         try:
             res.asr_hyp = _backend("asr").transcribe(hyp)

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from xytok.eval.metrics import SAMPLE_RATE
+from xytok.eval.mos import PROTOCOL as MOS_PROTOCOL, output_columns
 from xytok.eval.stats import CI_METHOD, mean_ci
 from xytok.eval.wer import corpus_error_counts
 
@@ -22,10 +23,12 @@ PROTOCOL = {
     "estoi": "pystoi.stoi(ref, deg, 16000, extended=True)",
     "sim": "cosine similarity of speaker embeddings of ref and hyp",
     "wer": "corpus WER = (S+D+I)/N over all scored utterances, jiwer alignment, after one normaliser",
+    "dnsmos": MOS_PROTOCOL,
     "failures": "recorded per utterance and excluded from means (never counted as 0, 1 or -7)",
     "ci": CI_METHOD,
 }
-VERSIONED = ("pesq", "pystoi", "resemblyzer", "jiwer", "torch", "transformers", "pocketsphinx", "numpy", "scipy")
+VERSIONED = ("pesq", "pystoi", "resemblyzer", "jiwer", "torch", "transformers", "pocketsphinx", "numpy", "scipy",
+             "speechmos", "onnxruntime")
 
 
 def library_versions() -> dict:
@@ -87,7 +90,7 @@ def unscored_metrics(summary: dict) -> dict:
 def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs: dict | None = None) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = list(metrics)
+    metrics = output_columns(metrics)  # dnsmos -> its OVRL/SIG/BAK/P.808/reference keys
     blocks = wer_blocks(results, texts, normalizer) if "wer" in metrics else {}
     primary = primary_wer_key(blocks) if blocks else None
 
