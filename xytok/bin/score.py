@@ -28,7 +28,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyp", required=True, help="reconstruction wav.scp or directory, matched by utterance id")
     p.add_argument("--text", default=None, help="Kaldi text of the references: adds transcript-based WER rows")
     p.add_argument("--metrics", default=DEFAULT_METRICS,
-                   help=f"comma-separated subset of pesq_wb,pesq_nb,stoi,estoi,sim,wer (default {DEFAULT_METRICS})")
+                   help="comma-separated subset of pesq_wb,pesq_nb,stoi,estoi,sim,wer,dnsmos "
+                        f"(default {DEFAULT_METRICS})")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--nj", type=int, default=1, help="parallel processes (one thread each)")
     p.add_argument("--asr_backend", default="pocketsphinx", choices=["pocketsphinx", "whisper", "hubert"])
