@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,8 +71,6 @@ def run_trainer(data: Path, out: Path, steps: int) -> dict:
            "--save_interval", "100000", "--num_workers", "0", "--tensorboard", "false"]
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    import shutil
-
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, never a resume
     t0 = time.time()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -101,6 +100,8 @@ def main(argv=None) -> int:
         t = time.time()
         data = make_corpus(work, n)
         print(f"[{datetime.now():%H:%M:%S}] N={n}: corpus ready ({time.time() - t:.0f} s)", flush=True)
+        # the first run must really convert the dir: drop a cache left by an earlier invocation
+        shutil.rmtree(data / "manifest", ignore_errors=True)
         for run in ("first (builds the manifest)", "second (cached manifest)"):
             out = work / f"exp_{n}_{len(rows)}"
             r = run_trainer(data, out, a.steps)

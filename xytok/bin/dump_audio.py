@@ -24,6 +24,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
+import soundfile as sf
+
 from xytok.audio import AudioError, load_audio, parse_tar_member, read_tar_member_bytes, read_wav_scp, write_wav
 from xytok.data.datadir import write_table
 from xytok.progress import ProgressLog
@@ -66,7 +68,6 @@ def _flac_bytes(wav, fs: int) -> bytes:
     import io
 
     import numpy as np
-    import soundfile as sf
 
     buf = io.BytesIO()
     sf.write(buf, np.clip(wav, -1.0, 1.0), fs, format="FLAC", subtype="PCM_16")
@@ -113,8 +114,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for i, (utt, value) in enumerate(entries.items(), 1):
         out = os.path.join(out_dir, f"{utt}.wav")
         if os.path.exists(out):  # written atomically by an earlier (killed) run: complete
-            import soundfile as sf
-
             scp_table[utt], num_samples[utt] = out, str(sf.info(out).frames)
             n_done += 1
             continue

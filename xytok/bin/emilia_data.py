@@ -36,17 +36,15 @@ import math
 import multiprocessing
 import os
 import re
-import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from xytok.audio import tar_member_entry
-from xytok.data.datadir import utt2spk_to_spk2utt, write_table
+from xytok.data.datadir import atomic_directory, utt2spk_to_spk2utt, write_table
 from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.emilia_data")
@@ -302,10 +300,8 @@ def held_out_speakers(spk_first_shard: Dict[str, int], n_dev: int, n_test: int, 
 
 def write_data_dir(rows: Sequence[Row], out: Path) -> None:
     """rows sorted by utterance id (code-point order of str = byte order of its UTF-8)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp_dir:
+        tmp = Path(tmp_dir)
         # One table at a time: only the rows (the output itself) stay in memory throughout.
         for name, value in (("wav.scp", lambda r: r.wav), ("text", lambda r: r.text), ("utt2spk", lambda r: r.spk),
                             ("utt2dur", lambda r: f"{r.dur:.3f}"),
@@ -313,12 +309,6 @@ def write_data_dir(rows: Sequence[Row], out: Path) -> None:
                             ("utt2lang", lambda r: r.lang)):
             write_table(str(tmp / name), {r.utt: value(r) for r in rows})
         write_table(str(tmp / "spk2utt"), utt2spk_to_spk2utt({r.utt: r.spk for r in rows}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def prepare(emilia_dir: Path, out_dir: Path, langs: Optional[str | Sequence[str]] = None, flt: Filters = Filters(),

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import soundfile as sf
 
+from xytok.data.datadir import atomic_directory
 from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.librispeech_data")
@@ -107,10 +105,8 @@ def scan_part(part_dir: Path, check_audio: bool = True) -> List[Tuple[str, str, 
 
 
 def write_data_dir(rows: Sequence[Tuple[str, str, str, str]], out: Path) -> None:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp_dir:
+        tmp = Path(tmp_dir)
         spk2utt: Dict[str, List[str]] = defaultdict(list)
         with open(tmp / "wav.scp", "w") as w, open(tmp / "text", "w", encoding="utf-8") as t, \
                 open(tmp / "utt2spk", "w") as u:
@@ -124,12 +120,6 @@ def write_data_dir(rows: Sequence[Tuple[str, str, str, str]], out: Path) -> None
         with open(tmp / "spk2utt", "w") as s:
             for spk in sorted(spk2utt, key=str.encode):
                 s.write(f"{spk} {' '.join(spk2utt[spk])}\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

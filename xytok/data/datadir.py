@@ -15,8 +15,10 @@ import io
 import math
 import os
 import re
+import contextlib
 import shutil
 import sys
+import tempfile
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from xytok.data.table import TableError, byte_key, sorted_ids, write_table  # noqa: F401 (re-exported)
@@ -234,6 +236,32 @@ class DataDir:
         for name, data in self.plain.items():
             with open(os.path.join(path, name), "wb") as f:
                 f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_directory(out):
+    """Yield a fresh temporary directory beside `out`; when the block succeeds it replaces `out`
+    (permissions from the umask), otherwise it is removed: a killed or failed writer never leaves
+    a half-written directory under the final name."""
+    out = os.path.abspath(os.fspath(out))
+    parent, name = os.path.split(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp", dir=parent)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a data dir or cache is shared
+        old = None
+        if os.path.exists(out):
+            old = os.path.join(parent, f".{name}.old{os.getpid()}")
+            os.replace(out, old)
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if os.path.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Tuple
 
 import numpy as np
 
+from xytok.data.datadir import atomic_directory
 from xytok.data.table import TableError, UnsortedTableError, iter_table
 
 log = logging.getLogger("xytok.data")
@@ -153,9 +153,8 @@ def write_manifest(items: Iterable[Dict[str, Any]], out_dir: str | os.PathLike,
     Every item needs `id`, `audio` and an integer `num_samples` > 0; ids must be unique.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as tmp_dir:
+        tmp = Path(tmp_dir)
         offsets = _ArrayFile(tmp / "offsets.npy", np.int64)
         lengths = _ArrayFile(tmp / "num_samples.npy", np.int64)
         groups = _ArrayFile(tmp / "groups.npy", np.int32)
@@ -203,20 +202,7 @@ def write_manifest(items: Iterable[Dict[str, Any]], out_dir: str | os.PathLike,
                           "hours": round(total / SAMPLE_RATE / 3600, 4)})
         with open(tmp / "meta.json", "w") as f:
             json.dump(full_meta, f, indent=1, ensure_ascii=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared corpus cache is not
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return full_meta
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return full_meta
 
 
 # -- Kaldi data dir -> manifest ---------------------------------------------------------------------
@@ -296,14 +282,14 @@ def iter_kaldi_items(data_dir: str | os.PathLike, fs: int = SAMPLE_RATE) -> Iter
         else:
             item["audio"] = value
             seg_len = None
-        ns = n_samp.get(utt)
+        ns, seconds = n_samp.get(utt), dur.get(utt)
         if ns is not None:
             try:
                 num = int(ns)
             except ValueError:
                 raise DataError(f"{d}/utt2num_samples: utterance {utt!r}: not an integer: {ns!r}") from None
-        elif dur.get(utt) is not None:
-            num = int(round(float(dur.get(utt)) * fs))
+        elif seconds is not None:
+            num = int(round(float(seconds) * fs))
         elif seg_len is not None:
             num = seg_len
         else:

@@ -55,6 +55,13 @@ def _group_runs(groups: Optional[np.ndarray], n: int) -> Tuple[np.ndarray, np.nd
     return starts, lens
 
 
+def _permute_runs(order: np.ndarray, starts: np.ndarray, lens: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """order with its contiguous runs (starts, lens) put in the order `perm`, vectorised."""
+    starts, lens = starts[perm], lens[perm]
+    first = np.cumsum(lens) - lens  # where each run lands
+    return order[np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(first, lens) + np.repeat(starts, lens)]
+
+
 def plan_epoch(lengths: Sequence[int], max_frames: int, max_batch_size: int, *, shuffle: bool,
                seed: int, epoch: int, bucket_size: int = 100, groups: Optional[np.ndarray] = None,
                world_size: int = 1) -> Tuple[np.ndarray, np.ndarray]:
@@ -76,10 +83,7 @@ def plan_epoch(lengths: Sequence[int], max_frames: int, max_batch_size: int, *, 
     window = max(1, int(bucket_size) * int(max_batch_size))
     if shuffle:
         starts, run_lens = _group_runs(groups, n)
-        perm = rng.permutation(len(starts))
-        starts, run_lens = starts[perm], run_lens[perm]
-        first = np.cumsum(run_lens) - run_lens
-        order = np.arange(n, dtype=np.int64) - np.repeat(first, run_lens) + np.repeat(starts, run_lens)
+        order = _permute_runs(np.arange(n, dtype=np.int64), starts, run_lens, rng.permutation(len(starts)))
         win = np.arange(n, dtype=np.int64) // window
         order = order[np.lexsort((frames[order], win))]
         sizes = _greedy_bounds(frames[order], max_frames, max_batch_size, window)
@@ -90,9 +94,8 @@ def plan_epoch(lengths: Sequence[int], max_frames: int, max_batch_size: int, *, 
     bounds = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     if shuffle:
         perm = rng.permutation(len(sizes))
-        starts, ends = bounds[:-1][perm], bounds[1:][perm]
-        order = np.concatenate([order[s:e] for s, e in zip(starts.tolist(), ends.tolist())]) if len(perm) else order
-        bounds = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        order = _permute_runs(order, bounds[:-1], sizes, perm)
+        bounds = np.concatenate([[0], np.cumsum(sizes[perm])]).astype(np.int64)
     return order, bounds
 
 
