@@ -608,7 +608,6 @@ if run_stage 11; then
 fi
 
 if run_stage 12; then
-    case $hub_private in true|false) ;; *) die "--hub_private must be true or false, got '$hub_private'" ;; esac
     if [ -z "$hub_repo" ]; then
         log "Stage 12: nothing uploaded: no --hub_repo ORG/NAME given (stage 11's folder stays local)"
     else
