@@ -19,7 +19,10 @@ def make_recipe(tmp: Path, corpus: str) -> Path:
     for name in ("local", "conf"):
         os.symlink(src / name, d / name)
     os.symlink(REPO / "utils", d / "utils")
-    for name in ("xytok.sh", "path.sh", "cmd.sh"):
+    # a copy, not a link: bash reads a script as it runs, so an edit to the template while a test
+    # runs would otherwise change the running recipe
+    shutil.copy2(REPO / "egs" / "TEMPLATE" / "xytok.sh", d / "xytok.sh")
+    for name in ("path.sh", "cmd.sh"):
         os.symlink(REPO / "egs" / "TEMPLATE" / name, d / name)
     return d
 
