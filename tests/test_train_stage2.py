@@ -280,3 +280,37 @@ def test_sigkill_resume_identical_losses(setup_dir):
     s1 = torch.load(full / "export" / "model.ckpt")["generator"]
     s2 = torch.load(killed / "export" / "model.ckpt")["generator"]
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_generator_overrides_decoder_only(setup_dir, tmp_path):
+    """generator_overrides changes the decoder side (a wider Vocos here): the tokenizer loads from
+    the stage-1 export bit for bit, the changed decoder weights start fresh, and an override of a
+    tokenizer section is refused (it would change the codes)."""
+    init_conf = setup_dir / "stage1_export" / "config.yaml"
+    released = torch.load(setup_dir / "stage1_export" / "model.ckpt")["generator"]
+    config = load_config(str(_config(tmp_path, generator_params=None,
+                                     generator_overrides={"vocos_kwargs": {"dim": 24}})),
+                         {"generator_config": str(init_conf)}, task_defaults=Stage2Task.default_config)
+    task = Stage2Task(config, tmp_path)
+    assert task.generator_params["vocos_kwargs"]["dim"] == 24
+    assert task.generator_params["acoustic_decoder_kwargs"] == GENERATOR_PARAMS["acoustic_decoder_kwargs"]
+    models = task.build_models()
+    task.init_from(models, torch.load(setup_dir / "stage1_export" / "model.ckpt"))
+    sd = models["generator"].state_dict()
+    for k, v in released.items():
+        if k.split(".")[0] in TOKENIZER_MODULES or k.startswith("acoustic_decoder."):
+            assert torch.equal(sd[k], v), k
+    assert sd["vocos.head.out.weight"].shape[1] == 24
+    # without overrides, a reshaped decoder weight is an error, not a silent re-init
+    plain = load_config(str(_config(tmp_path, generator_params=None)), {"generator_config": str(init_conf)},
+                        task_defaults=Stage2Task.default_config)
+    ptask = Stage2Task(plain, tmp_path)
+    bad = dict(released)
+    bad["vocos.head.out.bias"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="do not fit"):
+        ptask.init_from(ptask.build_models(), {"generator": bad})
+    config = load_config(str(_config(tmp_path, generator_params=None,
+                                     generator_overrides={"quantizer_kwargs": {"codebook_size": 32}})),
+                         {"generator_config": str(init_conf)}, task_defaults=Stage2Task.default_config)
+    with pytest.raises(ValueError, match="tokenizer side"):
+        Stage2Task(config, tmp_path)

@@ -35,6 +35,7 @@ from xytok.gan import Discriminators, feature_matching_loss, get_adversarial_los
 from xytok.gan.losses import check_reduction
 from xytok.losses import MultiScaleMelLoss
 from xytok.pretrained import write_pretrained
+from xytok.train.config import deep_merge
 from xytok.train.optim import build_optimizer
 from xytok.train.task import Task
 
@@ -133,6 +134,10 @@ class Stage2Task(Task):
         # released-format config.yaml (e.g. <stage-1 exp>/export/config.yaml), which wins if set.
         "generator_params": None,
         "generator_config": None,
+        # Deep-merged onto the architecture above: decoder-side changes for this stage-2 run (e.g.
+        # vocos_kwargs n_fft/hop_size for a 24 kHz decoder, a streaming acoustic decoder). Only
+        # decoder sections may change: the tokenizer side must stay the model that made the codes.
+        "generator_overrides": None,
         "train_post_rvq_adapter": False,
         "disc_start_step": 0,
         # Seconds of audio the discriminators see per item (a random window, the same for the
@@ -184,6 +189,27 @@ class Stage2Task(Task):
 
     # -- construction -------------------------------------------------------------------------
     def _resolve_generator_params(self) -> Dict[str, Any]:
+        """The base architecture (`_base_generator_params`) with `generator_overrides` merged in."""
+        params = self._base_generator_params()
+        overrides = self.config.get("generator_overrides") or {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"generator_overrides must be a mapping of generator_params sections, got {overrides!r}")
+        allowed = {f"{m}_kwargs" for m in DECODER_MODULES}
+        bad = sorted(k for k in overrides if k.endswith("_kwargs") and k not in allowed)
+        if bad:
+            raise ValueError(f"generator_overrides: {', '.join(bad)} would change the tokenizer side, which "
+                             f"stage 2 keeps frozen (the codes must not change); only {sorted(allowed)} "
+                             "and top-level rate fields may be overridden")
+        for k, v in overrides.items():
+            if k.endswith("_kwargs") and k not in params:
+                raise ValueError(f"generator_overrides.{k}: no such section in generator_params")
+            if k.endswith("_kwargs") and not isinstance(v, dict):
+                raise ValueError(f"generator_overrides.{k} must be a mapping, got {v!r}")
+        if overrides:
+            log.info("stage 2: generator_overrides applied: %s", overrides)
+        return deep_merge(params, overrides)
+
+    def _base_generator_params(self) -> Dict[str, Any]:
         """`generator_config` (the config.yaml of the model --init_param loads, e.g. recipe stage 6's
         <stage-1 exp>/export/config.yaml) wins over inline `generator_params`: it describes the
         checkpoint that is actually loaded, so configs need not duplicate the architecture."""
@@ -225,23 +251,37 @@ class Stage2Task(Task):
 
     def init_from(self, models, state) -> None:
         """Load a released ckpt {'generator': sd} or a training checkpoint {'models': {...}}
-        strictly into the codec: every codec key must be there (a partial load would silently
-        leave random weights in the frozen tokenizer). Discriminators start fresh unless the
-        checkpoint has them (a stage-2 checkpoint)."""
+        strictly into the codec: every tokenizer-side key must be there with its shape (a partial
+        load would silently leave random weights in the frozen tokenizer). Decoder-side keys that
+        `generator_overrides` changed (absent, or of another shape, e.g. a 24 kHz Vocos head) keep
+        their fresh initialisation, listed in the log; without overrides every key must fit.
+        Discriminators start fresh unless the checkpoint has them (a stage-2 checkpoint)."""
         sources = state.get("models", state)
         sd = codec_weights(sources, "--init_param")
         codec = models["generator"]
         own = codec.state_dict()
+        may_differ = bool(self.config.get("generator_overrides"))
+        decoder_key = lambda k: k.split(".", 1)[0] in DECODER_MODULES  # noqa: E731
         missing = sorted(set(own) - set(sd))
-        if missing:
-            raise ValueError(f"--init_param: the checkpoint lacks {len(missing)} codec weights, e.g. "
-                             f"{missing[:5]}; is it a model of this architecture (generator_params)?")
+        reshaped = sorted(k for k in set(own) & set(sd) if tuple(own[k].shape) != tuple(sd[k].shape))
+        fresh = [k for k in missing + reshaped if may_differ and decoder_key(k)]
+        bad_missing = [k for k in missing if k not in fresh]
+        if bad_missing:
+            raise ValueError(f"--init_param: the checkpoint lacks {len(bad_missing)} codec weights, e.g. "
+                             f"{bad_missing[:5]}; is it a model of this architecture (generator_params)?")
+        bad_shape = [k for k in reshaped if k not in fresh]
+        if bad_shape:
+            raise ValueError("--init_param: codec weights do not fit this architecture: "
+                             + ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in bad_shape[:5]))
         unexpected = sorted(set(sd) - set(own))
         if unexpected:
             log.warning("--init_param: ignoring %d unexpected keys that are not codec weights (e.g. %s)",
                         len(unexpected), unexpected[:3])
+        if fresh:
+            log.info("--init_param: %d decoder weights changed by generator_overrides start fresh: %s",
+                     len(fresh), ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""))
         try:
-            codec.load_state_dict({k: sd[k] for k in own}, strict=True)
+            codec.load_state_dict({k: (own[k] if k in fresh else sd[k]) for k in own}, strict=True)
         except RuntimeError as e:
             raise ValueError(f"--init_param: codec weights do not fit this architecture: {e}") from e
         if "discriminator" in sources:
