@@ -110,6 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = os.path.abspath(a.out_dir)
     scp_table, num_samples = {}, {}
     n_resampled = n_clipped = n_done = 0
+    resampled_from = {}  # source rate -> utterances (the set summary states the conversion)
     prog = ProgressLog(len(entries), os.path.basename(a.wav_scp), logger=log)
     for i, (utt, value) in enumerate(entries.items(), 1):
         out = os.path.join(out_dir, f"{utt}.wav")
@@ -124,6 +125,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.error("utterance %s (%s): %s", utt, value, e)
             return 1
         n_resampled += info.resampled
+        if info.resampled:
+            resampled_from[info.orig_sample_rate] = resampled_from.get(info.orig_sample_rate, 0) + 1
         scp_table[utt] = out
         num_samples[utt] = str(info.num_samples)
         prog.update(i)
@@ -131,6 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_table(a.out_scp, scp_table)  # last: its existence means the split is complete
     log.info("dumped %d utterances (%d already there, %d resampled to %d Hz, %d with clipping) to %s",
              len(entries), n_done, n_resampled, a.fs, n_clipped, out_dir)
+    for sr, n in sorted(resampled_from.items()):
+        log.info("resampled %d -> %d Hz: %d utterance(s)", sr, a.fs, n)
     return 0
 
 

@@ -34,7 +34,11 @@ class DownloadError(RuntimeError):
 
 
 def md5sum(path: str | os.PathLike, chunk: int = CHUNK) -> str:
-    h = hashlib.md5()
+    return file_digest(path, "md5", chunk)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "md5", chunk: int = CHUNK) -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
@@ -101,21 +105,25 @@ def _fetch(url: str, part: Path, timeout: float, max_bytes: Optional[int]) -> Op
 
 def download(urls: Sequence[str] | str, dest: str | os.PathLike, md5: Optional[str] = None,
              size: Optional[int] = None, timeout: float = 60.0, retries: int = 3,
-             max_bytes: Optional[int] = None) -> Path:
-    """Download to `dest` (resuming `dest.part`), verify size and md5, return `dest`.
+             max_bytes: Optional[int] = None, sha256: Optional[str] = None) -> Path:
+    """Download to `dest` (resuming `dest.part`), verify size and md5 (or sha256), return `dest`.
 
-    An existing `dest` with the right md5 is kept as is. `urls` are tried in order (mirrors).
+    An existing `dest` with the right checksum is kept as is. `urls` are tried in order (mirrors).
     Raises DownloadError naming the file on a checksum/size mismatch (the bad partial is removed).
+    sha256 is for corpora whose publisher gives no md5 (e.g. LibriTTS: published sha256 + size).
     """
+    if md5 is not None and sha256 is not None:
+        raise ValueError("give md5 or sha256, not both")
+    algo, digest = ("sha256", sha256) if sha256 is not None else ("md5", md5)
     if isinstance(urls, str):
         urls = [urls]
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
-        if md5 is None or md5sum(dest) == md5:
+        if digest is None or file_digest(dest, algo) == digest:
             log.info("%s already downloaded", dest)
             return dest
-        log.warning("%s exists but its md5 is wrong; downloading again", dest)
+        log.warning("%s exists but its %s is wrong; downloading again", dest, algo)
         dest.unlink()
     part = dest.with_name(dest.name + ".part")
     errors = []
@@ -142,11 +150,11 @@ def download(urls: Sequence[str] | str, dest: str | os.PathLike, md5: Optional[s
     expect = size if size is not None else total
     if expect is not None and got != expect:
         raise DownloadError(f"{part}: size {got} bytes, expected {expect}; re-run to resume")
-    if md5 is not None:
-        actual = md5sum(part)
-        if actual != md5:
+    if digest is not None:
+        actual = file_digest(part, algo)
+        if actual != digest:
             part.unlink()
-            raise DownloadError(f"{dest}: md5 mismatch (got {actual}, expected {md5}); "
+            raise DownloadError(f"{dest}: {algo} mismatch (got {actual}, expected {digest}); "
                                 "the corrupt download was removed, re-run to fetch it again")
     os.replace(part, dest)
     log.info("downloaded %s (%d bytes)", dest, got)
@@ -184,6 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--url", action="append", required=True, help="URL; repeat for mirrors (tried in order)")
     p.add_argument("--dest", required=True, help="output file (partial data goes to DEST.part)")
     p.add_argument("--md5", default=None, help="expected md5 (hex)")
+    p.add_argument("--sha256", default=None, help="expected sha256 (hex), instead of --md5")
     p.add_argument("--size", type=int, default=None, help="expected size in bytes")
     p.add_argument("--extract_to", default=None, help="extract the archive into this directory")
     p.add_argument("--marker", default=None, help="marker file written after extraction")
@@ -195,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [download] %(message)s")
     try:
         path = download(a.url, a.dest, md5=a.md5, size=a.size, timeout=a.timeout, retries=a.retries,
-                        max_bytes=a.max_bytes)
+                        max_bytes=a.max_bytes, sha256=a.sha256)
         if a.extract_to:
             extract(path, a.extract_to, a.marker)
             if a.remove_archive:
