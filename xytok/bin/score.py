@@ -7,6 +7,17 @@ Example:
 Writes OUT/utt_scores.tsv, OUT/summary.json, OUT/wer.txt (Kaldi %WER form), OUT/asr_{ref,hyp}.txt.
 Multi-channel inputs are downmixed to mono (mean of channels) and counted in summary.json.
 
+Languages: --asr_language xx (ISO code; a region such as zh-CN is dropped) is the language Whisper
+transcribes (pocketsphinx and hubert are English-only). The `wer` metric is then a corpus CER for
+languages written without spaces (zh, yue, ja, th, lo, my, km, bo; --asr_metric overrides): character
+edits / reference characters after normalisation, spaces removed. The default normaliser (auto) is
+basic_english for English and basic_multilingual otherwise (full-width forms folded, CJK punctuation
+removed, Han/kana characters one token each, numbers not converted). summary.json states the
+language, the metric and the normaliser.
+
+  xytok score --ref data/test/wav.scp --hyp DIR/wav.scp --text data/test/text --out OUT \\
+      --asr_backend whisper --asr_language zh       # -> %CER, normaliser basic_multilingual
+
 Exit status: 0 when every metric scored at least one utterance (per-utterance failures are recorded
 in summary.json); 2 for bad arguments or an ASR/SIM model that cannot be built (checked before any
 scoring, the message names the metric, backend and model); 1 when a metric scored no utterance at
@@ -40,9 +51,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--sim_model", default=None,
                    help="wavlm: HF id or local dir (default microsoft/wavlm-base-plus-sv); "
                         "wavlm_tdnn: local UniSpeech wavlm_large_finetune.pth (required)")
-    p.add_argument("--normalizer", default="basic_english",
-                   choices=["basic_english", "whisper_english", "whisper_english_nospelling", "none"],
-                   help="text normaliser applied to references and hypotheses alike (see xytok.eval.normalizer)")
+    p.add_argument("--asr_language", default="en",
+                   help="language of the speech (ISO code, e.g. en, zh, ja, de; zh-CN -> zh): Whisper transcribes "
+                        "in it (never translates); pocketsphinx/hubert accept only en (default en)")
+    p.add_argument("--asr_metric", default="auto", choices=["auto", "wer", "cer"],
+                   help="error rate of the wer metric: auto = CER for languages written without spaces "
+                        "(zh, yue, ja, th, lo, my, km, bo), WER otherwise (default auto)")
+    p.add_argument("--normalizer", default="auto",
+                   choices=["auto", "basic_english", "basic_multilingual", "whisper_english",
+                            "whisper_english_nospelling", "none"],
+                   help="text normaliser applied to references and hypotheses alike (see xytok.eval.normalizer); "
+                        "auto = basic_english for --asr_language en, basic_multilingual otherwise")
     p.add_argument("--normalizer_spelling_map", default=None,
                    help="whisper_english: JSON file of Whisper's British->American spelling map (english.json of "
                         "openai-whisper, normalizer.json of the openai/whisper-* checkpoints); default: found "
@@ -74,13 +93,14 @@ def main(argv=None) -> int:
         ref_list = dict(sorted(ref_list.items())[: args.max_utts])
     texts = read_text(args.text) if args.text else None
     try:
-        normalizer = get_normalizer(args.normalizer, spelling_map=args.normalizer_spelling_map)
+        normalizer = get_normalizer(args.normalizer, spelling_map=args.normalizer_spelling_map,
+                                    language=args.asr_language)
     except (RuntimeError, OSError, ValueError) as e:
         print(f"xytok score: normalizer {args.normalizer!r}: {e}", file=sys.stderr)
         return 2
     cfg = ScoreConfig(metrics=metrics, asr_backend=args.asr_backend, asr_model=args.asr_model,
                       sim_backend=args.sim_backend, sim_model=args.sim_model, device=args.device,
-                      max_lag_ms=args.align_max_lag_ms)
+                      max_lag_ms=args.align_max_lag_ms, asr_language=args.asr_language, asr_metric=args.asr_metric)
     logging.getLogger("xytok.score").info("scoring %d references against %s (%d entries), metrics %s, nj=%d",
                                           len(ref_list), args.hyp, len(hyp_list), ",".join(metrics), args.nj)
     try:
@@ -95,6 +115,9 @@ def main(argv=None) -> int:
         mean = "n/a" if s["mean"] is None else f"{s['mean']:.4f}"
         print(f"{m:8s} mean {mean}  (N={s['n_scored']}, failed {s['n_failed']})")
     if "wer" in summary:
+        w = summary["wer"]
+        print(f"{w['metric'].upper()} ({w['metric_choice']}); ASR {w['asr_backend']}, language {w['asr_language']}; "
+              f"normaliser {w['normalizer']}")
         for k in ("recon_vs_text", "ref_vs_text", "recon_vs_asr_ref"):
             if k in summary["wer"]:
                 print(f"{k:17s} {summary['wer'][k]['kaldi']}")

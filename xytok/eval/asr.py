@@ -2,17 +2,21 @@
 
 - `pocketsphinx`: offline (the model ships with the PyPI wheel), the CI default; weak, LM-bound.
 - `whisper`: transformers WhisperForConditionalGeneration, default `openai/whisper-large-v3`,
-  English transcription, greedy; audio longer than 30 s is transcribed whole with Whisper's
+  transcription (never translation) in the scoring language (`language`, default "en", passed to
+  `generate`), greedy; audio longer than 30 s is transcribed whole with Whisper's
   sequential long-form decoding (transformers `generate` on the full log-mel with timestamps: each
   30-s window resumes at the last predicted timestamp, as openai-whisper's `transcribe` does), so
   words at a window edge are not cut (LibriSpeech test-clean has utterances up to 35 s).
 - `hubert`: transformers HubertForCTC + Wav2Vec2Processor, default `facebook/hubert-large-ls960-ft`
   (the model codec papers use on LibriSpeech), greedy CTC.
 Any local directory saved with `save_pretrained` works as `--asr_model`.
+pocketsphinx and hubert are English-only: another language is refused when the backend is built.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from xytok.eval.normalizer import base_language
 
 SAMPLE_RATE = 16000
 DEFAULT_MODELS = {
@@ -22,10 +26,19 @@ DEFAULT_MODELS = {
 }
 
 
+def require_english(backend: str, language: str) -> None:
+    """ValueError for an English-only backend asked for another language."""
+    if base_language(language) != "en":
+        raise ValueError(f"the {backend} ASR backend is English-only and cannot transcribe language {language!r}; "
+                         "use --asr_backend whisper (a multilingual checkpoint such as openai/whisper-large-v3)")
+
+
 class PocketsphinxASR:
     name = "pocketsphinx"
 
-    def __init__(self, model: str | None = None, device: str = "cpu"):
+    def __init__(self, model: str | None = None, device: str = "cpu", language: str = "en"):
+        require_english(self.name, language)
+        self.language = "en"
         from pocketsphinx import Decoder
 
         from importlib.metadata import version
@@ -42,23 +55,40 @@ class PocketsphinxASR:
         return hyp.hypstr if hyp is not None else ""
 
 
+def whisper_language_kwargs(generation_config, language: str, model_name: str) -> dict:
+    """`generate` arguments forcing transcription in `language`. Multilingual checkpoints carry
+    lang_to_id: language + task=transcribe (never translation, never language detection). An
+    English-only checkpoint (no language tokens) only transcribes English: another language raises."""
+    lang_to_id = getattr(generation_config, "lang_to_id", None) or {}
+    if not lang_to_id:
+        if language != "en":
+            raise ValueError(f"Whisper model {model_name} is English-only (its generation config has no language "
+                             f"tokens) and cannot transcribe {language!r}; use a multilingual checkpoint "
+                             "such as openai/whisper-large-v3")
+        return {}
+    if f"<|{language}|>" not in lang_to_id:
+        known = ", ".join(sorted(k.strip("<|>") for k in lang_to_id))
+        raise ValueError(f"Whisper model {model_name} has no language token <|{language}|>; it knows: {known}")
+    return {"language": language, "task": "transcribe"}
+
+
 class WhisperASR:
     name = "whisper"
     window = 30 * SAMPLE_RATE
 
-    def __init__(self, model: str | None = None, device: str = "cpu", max_new_tokens: int = 440):
+    def __init__(self, model: str | None = None, device: str = "cpu", max_new_tokens: int = 440,
+                 language: str = "en"):
         import torch
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
         self.model_name = model or DEFAULT_MODELS["whisper"]
+        self.language = base_language(language)
         self.device = torch.device(device)
         self.processor = WhisperProcessor.from_pretrained(self.model_name)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.model_name).to(self.device).eval()
         # Whisper's decoder holds max_target_positions tokens including the ~4 prompt tokens.
         self.max_new_tokens = min(max_new_tokens, self.model.config.max_target_positions - 8)
-        gen = self.model.generation_config
-        # Multilingual checkpoints carry lang_to_id: force English transcription (no translation).
-        self.gen_kwargs = {"language": "en", "task": "transcribe"} if getattr(gen, "lang_to_id", None) else {}
+        self.gen_kwargs = whisper_language_kwargs(self.model.generation_config, self.language, self.model_name)
 
     def transcribe(self, wav: np.ndarray) -> str:
         import torch
@@ -83,7 +113,9 @@ class WhisperASR:
 class HubertASR:
     name = "hubert"
 
-    def __init__(self, model: str | None = None, device: str = "cpu"):
+    def __init__(self, model: str | None = None, device: str = "cpu", language: str = "en"):
+        require_english(self.name, language)
+        self.language = "en"
         import torch
         from transformers import HubertForCTC, Wav2Vec2Processor
 
@@ -106,7 +138,8 @@ class HubertASR:
 BACKENDS = {"pocketsphinx": PocketsphinxASR, "whisper": WhisperASR, "hubert": HubertASR}
 
 
-def get_asr_backend(name: str, model: str | None = None, device: str = "cpu"):
+def get_asr_backend(name: str, model: str | None = None, device: str = "cpu", language: str = "en"):
+    """ASR backend `name` transcribing `language` (ISO code; a region suffix such as zh-CN is dropped)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown ASR backend {name!r}; choose from {sorted(BACKENDS)}")
-    return BACKENDS[name](model=model, device=device)
+    return BACKENDS[name](model=model, device=device, language=language)

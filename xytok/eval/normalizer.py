@@ -1,4 +1,4 @@
-"""Text normalisers applied identically to references and hypotheses before WER.
+"""Text normalisers applied identically to references and hypotheses before WER/CER.
 
 One normaliser per scoring run, and its name is written into every output, because the choice
 alone moves WER noticeably (e.g. X-Codec-2.0#29: ground-truth WER 2.50 vs 1.96).
@@ -125,6 +125,58 @@ def _english_text_normalizer(mapping: dict):
     return EnglishTextNormalizer(mapping)
 
 
+# Scripts written without spaces between words whose characters are split into one token each:
+# Han (CJK Unified Ideographs, Extensions A-H, compatibility ideographs; 々 and 〇 with them),
+# Hiragana and Katakana (ー included; half-width Katakana becomes full-width under NFKC).
+# Hangul is NOT split: Korean writes spaces between words. Thai, Lao, Burmese, Khmer are not split
+# either (no dictionary-free word segmentation); they are scored by CER, which ignores spaces.
+_SPLIT_CHARS = ("\u3005\u3007\u3040-\u309f\u30a0-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+                "\uf900-\ufaff\U00020000-\U0003134f")
+_SPLIT_RE = re.compile(f"([{_SPLIT_CHARS}])")
+_SPACE_NEXT_TO_SPLIT_RE = re.compile(f"(?<=[{_SPLIT_CHARS}]) +| +(?=[{_SPLIT_CHARS}])")
+
+
+def is_split_char(ch: str) -> bool:
+    """True for a character `basic_multilingual` makes a token of its own (Han, Hiragana, Katakana)."""
+    return bool(_SPLIT_RE.fullmatch(ch))
+
+
+def join_split_chars(text: str) -> str:
+    """Drop the spaces `basic_multilingual` put next to Han/kana characters ("我 用 iphone 拍 照" ->
+    "我用iphone拍照"); spaces between other words stay. For character-level models (the probe)."""
+    return _SPACE_NEXT_TO_SPLIT_RE.sub("", text)
+
+
+class BasicMultilingualNormalizer:
+    """`basic_multilingual`: for any language. NFKC (full-width letters, digits and punctuation ->
+    their half-width forms, U+3000 -> space); lower-case (scripts without case are unchanged);
+    apostrophes unified and kept only word-internally, as in basic_english; every other punctuation
+    or symbol character (Unicode categories P* and S*: ASCII, full-width and CJK punctuation such as
+    。，、？！：；「」『』《》（）) -> space; format characters (Cf) removed; Han, Hiragana and
+    Katakana characters split into one token each; other words split on whitespace (Hangul, Thai, ...
+    stay as written). Numbers are not converted, so 二十 and 20 differ; "3.5" becomes "3 5"."""
+
+    name = "basic_multilingual"
+    description = ("basic_multilingual: NFKC (full-width -> half-width), lower-case, apostrophes kept only "
+                   "word-internally, all other punctuation and symbols (incl. full-width and CJK punctuation) -> "
+                   "space, Han/Hiragana/Katakana characters split into one token each (Hangul and other "
+                   "scripts split on whitespace only), numbers are not converted, so 二十 and 20 differ")
+
+    def __call__(self, text: str) -> str:
+        text = unicodedata.normalize("NFKC", text).lower()
+        for ch in _APOSTROPHES:
+            text = text.replace(ch, "'")
+        out = []
+        for c in text:
+            cat = unicodedata.category(c)
+            if c == "'" or cat[0] in "LMN":
+                out.append(c)
+            elif cat != "Cf":  # zero-width joiners and the like vanish; everything else separates
+                out.append(" ")
+        text = re.sub(r"(?<![^\W_])'|'(?![^\W_])", " ", "".join(out))
+        return " ".join(_SPLIT_RE.sub(r" \1 ", text).split())
+
+
 class IdentityNormalizer:
     """`none`: whitespace collapsed only."""
 
@@ -139,12 +191,26 @@ NORMALIZERS = {
     "basic_english": BasicEnglishNormalizer,
     "whisper_english": WhisperEnglishNormalizer,
     "whisper_english_nospelling": WhisperEnglishNoSpellingNormalizer,
+    "basic_multilingual": BasicMultilingualNormalizer,
     "none": IdentityNormalizer,
 }
 
 
-def get_normalizer(name: str, spelling_map: str | os.PathLike | None = None):
-    """The normaliser `name`; `spelling_map` (a JSON file) only for whisper_english."""
+def base_language(language: str) -> str:
+    """ISO code without region: "zh-CN" -> "zh", "pt_BR" -> "pt" (Common Voice names locales so)."""
+    return language.replace("_", "-").split("-")[0].strip().lower()
+
+
+def default_normalizer(language: str = "en") -> str:
+    """`auto`: basic_english for English, basic_multilingual for every other language."""
+    return "basic_english" if base_language(language) == "en" else "basic_multilingual"
+
+
+def get_normalizer(name: str, spelling_map: str | os.PathLike | None = None, language: str = "en"):
+    """The normaliser `name` ("auto": `default_normalizer(language)`); `spelling_map` (a JSON file)
+    only for whisper_english."""
+    if name == "auto":
+        name = default_normalizer(language)
     if name not in NORMALIZERS:
         raise ValueError(f"unknown normalizer {name!r}; choose from {sorted(NORMALIZERS)}")
     if name == "whisper_english":

@@ -6,6 +6,9 @@ Columns: Codec | BPS | Frame rate | WER | SIM | STOI | PESQ-NB | PESQ-WB | WER (
 - WER (recon) = corpus WER (%) of the ASR on the reconstructions against the reference transcripts;
 - ground truth row = the reference audio through the same ASR; signal metrics of ref vs ref are
   trivial and left as "—".
+Languages written without spaces (summary.json wer.metric == "cer", probe.json metric == "cer") get
+`CER (recon)` / `CER` instead: the header is chosen per test set from its summaries and probes, and a
+table mixing both (comparison_table) has both columns.
 """
 from __future__ import annotations
 
@@ -132,8 +135,28 @@ def column_counts(summary) -> dict:
     wer = summary.get("wer", {})
     recon = wer.get(wer.get("primary") or "", {})
     if recon:
-        out["WER (recon)"] = recon.get("n_utts", 0)
+        out[recon_label(summary)] = recon.get("n_utts", 0)
     return out
+
+
+def asr_metric(summary) -> str:
+    """"wer" or "cer": the ASR error rate of a summary.json (older summaries: wer)."""
+    return (summary or {}).get("wer", {}).get("metric", "wer")
+
+
+def recon_label(summary) -> str:
+    """Column of the ASR error rate on reconstructions: `CER (recon)` or `WER (recon)`."""
+    return f"{asr_metric(summary).upper()} (recon)"
+
+
+def probe_metric(probe) -> str:
+    """"wer" or "cer": the probe's primary error rate (older probe.json: wer)."""
+    return (probe or {}).get("metric", "wer")
+
+
+def probe_label(probe) -> str:
+    """Column of the text-alignment probe: `CER` or `WER`."""
+    return probe_metric(probe).upper()
 
 
 def model_row(name, summary, probe, info) -> dict:
@@ -142,10 +165,10 @@ def model_row(name, summary, probe, info) -> dict:
     row = {
         "Codec": name, "BPS": _fmt_bps(info["bps"]),
         "Frame rate": DASH if info["frame_rate"] is None else f"{info['frame_rate']:g}",
-        "WER": _f(probe["wer"]) if probe else DASH,
+        probe_label(probe): _f(probe[probe_metric(probe)]) if probe else DASH,
         "SIM": _f(_metric(summary, "sim")), "STOI": _f(_metric(summary, "stoi")),
         "PESQ-NB": _f(_metric(summary, "pesq_nb")), "PESQ-WB": _f(_metric(summary, "pesq_wb")),
-        "WER (recon)": f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
+        recon_label(summary): f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
         "DNSMOS": _f(_metric(summary, "dnsmos")),
     }
     counts = column_counts(summary)
@@ -158,11 +181,11 @@ def model_row(name, summary, probe, info) -> dict:
 
 
 def probe_control_row(name, control, info) -> dict:
-    """Row of the probe control: only WER (the probe on a randomly initialised codec) is meaningful."""
+    """Row of the probe control: only the probe's WER/CER (on a randomly initialised codec) is meaningful."""
     row = {c: DASH for c in COLUMNS}
     row.update({"Codec": f"{name}, random init (probe control)", "BPS": _fmt_bps(info["bps"]),
                 "Frame rate": DASH if info["frame_rate"] is None else f"{info['frame_rate']:g}",
-                "WER": _f(control["wer"]), "N": DASH})
+                probe_label(control): _f(control[probe_metric(control)]), "N": DASH})
     return row
 
 
@@ -172,16 +195,29 @@ def ground_truth_row(summary) -> dict | None:
         return None
     row = {c: DASH for c in COLUMNS}
     row.update({"Codec": "ground truth", "BPS": "256k (16-bit PCM)", "Frame rate": DASH,
-                "WER (recon)": f"{100 * gt['rate']:.2f}%" if gt.get("rate") is not None else DASH,
+                recon_label(summary): f"{100 * gt['rate']:.2f}%" if gt.get("rate") is not None else DASH,
                 "DNSMOS": _f(_metric(summary, "dnsmos_ref")), "N": str(gt.get("n_utts", 0))})
     return row
 
 
-def columns_for(summaries, base=COLUMNS) -> list:
-    """COLUMNS, plus DNSMOS (before N) when any of the summaries scored it."""
+def columns_for(summaries, base=COLUMNS, probes=()) -> list:
+    """COLUMNS, plus DNSMOS (before N) when any of the summaries scored it; `WER (recon)` becomes
+    `CER (recon)` (and the probe's `WER` becomes `CER`) when the summaries (probes) measured
+    characters, and both stand side by side when they are mixed."""
+    summaries = list(summaries)
+    recon = [c for c in ("WER (recon)", "CER (recon)") if any(recon_label(s) == c for s in summaries)]
+    probe = [c for c in ("WER", "CER") if any(p and probe_label(p) == c for p in probes)]
+    cols = []
+    for c in base:
+        if c == "WER (recon)":
+            cols += recon or [c]
+        elif c == "WER":
+            cols += probe or [c]
+        else:
+            cols.append(c)
     if any("dnsmos" in (s or {}).get("metrics", {}) for s in summaries):
-        return base[:-1] + ["DNSMOS"] + base[-1:]
-    return list(base)
+        return cols[:-1] + ["DNSMOS"] + cols[-1:]
+    return cols
 
 
 def markdown_table(rows, columns=COLUMNS) -> str:
@@ -199,8 +235,9 @@ def ci_lines(name, summary) -> list[str]:
         lo, hi = s["ci95"]
         ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "n/a (N=1)"
         out.append(f"- {name} {m}: {s['mean']:.3f}, 95% CI {ci}, N={s['n_scored']}, failed {s['n_failed']}")
-    for k, label in (("recon_vs_text", "WER recon vs text"), ("ref_vs_text", "WER ground truth vs text"),
-                     ("recon_vs_asr_ref", "WER recon vs ASR(ref)")):
+    unit = asr_metric(summary).upper()
+    for k, label in (("recon_vs_text", f"{unit} recon vs text"), ("ref_vs_text", f"{unit} ground truth vs text"),
+                     ("recon_vs_asr_ref", f"{unit} recon vs ASR(ref)")):
         c = summary.get("wer", {}).get(k)
         if c:
             out.append(f"- {name} {label}: `{c['kaldi']}` ({c['n_utts']} utts)")
@@ -231,17 +268,25 @@ def protocol_lines(summary, probe, test_set, control=None) -> list[str]:
         lines.append(f"- DNSMOS: {p.get('dnsmos', '?')}; speechmos {v.get('speechmos')}, onnxruntime "
                      f"{v.get('onnxruntime')}; the ground truth row's DNSMOS is the references' OVRL.")
     if wer:
-        lines.append(f"- WER (recon): ASR `{wer.get('asr_backend')}` (model `{wer.get('asr_model')}`), "
-                     f"{p.get('wer', 'corpus WER')}; jiwer {v.get('jiwer')}; normaliser "
+        lines.append(f"- {recon_label(summary)}: ASR `{wer.get('asr_backend')}` (model `{wer.get('asr_model')}`), "
+                     f"language `{wer.get('asr_language', 'en')}`"
+                     + (f" ({asr_metric(summary).upper()}: {wer['metric_choice']})" if wer.get("metric_choice") else "")
+                     + f", {p.get('wer', 'corpus WER')}; jiwer {v.get('jiwer')}; normaliser "
                      f"{wer.get('normalizer_description', wer.get('normalizer'))}; "
                      f"{wer.get('n_failed', 0)} utterances failed ASR.")
     if probe:
         pc = probe.get("probe_config", {})
-        lines.append(f"- WER (probe): {probe.get('features')}; {pc.get('num_layers')}-layer BiLSTM "
+        vocab = (f" Character vocabulary: {probe['vocab_size']} characters of the training text "
+                 f"(language `{probe.get('language', 'en')}`, normaliser {probe.get('normalizer_name', '?')}); "
+                 f"{probe.get('valid_oov_chars', 0)} validation reference characters outside it (counted as errors)."
+                 if "vocab_size" in probe else "")
+        lines.append(f"- {probe_label(probe)} (probe): {probe.get('features')}; {pc.get('num_layers')}-layer BiLSTM "
                      f"(width {pc.get('hidden')}) + character CTC, {pc.get('epochs')} epochs, lr {pc.get('lr')}, "
                      f"seed {pc.get('seed')}; trained on `{probe.get('train_data')}` ({probe.get('n_train')} utts), "
-                     f"WER on `{probe.get('valid_data')}` ({probe.get('n_valid')} utts), {probe.get('decoding')}; "
-                     f"printed as a fraction like the paper (`{probe['wer_counts']['kaldi']}`).")
+                     f"{probe_label(probe)} on `{probe.get('valid_data')}` ({probe.get('n_valid')} utts), "
+                     f"{probe.get('decoding')}; "
+                     f"printed as a fraction like the paper (`{probe[probe_metric(probe) + '_counts']['kaldi']}`)."
+                     + vocab)
     else:
         lines.append("- WER (probe): not run yet (recipe stage 10).")
     if probe and control:
@@ -262,17 +307,16 @@ def write_results_md(output, entries, title="RESULTS") -> str:
         by_set.setdefault(e["test_set"], []).append(e)
     out = [f"# {title}", "",
            f"Generated by `python -m xytok.bin.make_results` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
-           "Paper layout (Gong et al., arXiv 2506.23325, main table) plus `WER (recon)` and `N`.", ""]
+           "Paper layout (Gong et al., arXiv 2506.23325, main table) plus `WER (recon)` (`CER (recon)` for "
+           "languages written without spaces) and `N`.", ""]
     for test_set, es in by_set.items():
         rows = [model_row(e["name"], e["summary"], e["probe"], e["info"]) for e in es]
         rows += [probe_control_row(e["name"], e["probe_control"], e["info"]) for e in es if e.get("probe_control")]
         gt = ground_truth_row(es[0]["summary"])
         if gt:
             rows.append(gt)
-        out += [f"## {test_set}", "", markdown_table(rows, columns_for(e["summary"] for e in es)), "",
-                "WER = text-alignment probe WER (fraction); WER (recon) = ASR on reconstructions vs the "
-                "reference transcripts (%); ground truth = reference audio through the same ASR "
-                "(its SIM/STOI/PESQ vs itself are trivial: —). " + N_NOTE, "", "### Protocol", ""]
+        cols = columns_for((e["summary"] for e in es), probes=[e.get(k) for e in es for k in ("probe", "probe_control")])
+        out += [f"## {test_set}", "", markdown_table(rows, cols), "", legend(cols), "", "### Protocol", ""]
         # the probe (full codes) is on the all-layer entry; rows at fewer layers have none
         with_probe = next((e for e in es if e["probe"]), es[0])
         out += protocol_lines(es[0]["summary"], with_probe["probe"], test_set, with_probe.get("probe_control"))
@@ -288,9 +332,22 @@ def write_results_md(output, entries, title="RESULTS") -> str:
     return text
 
 
+def legend(cols) -> str:
+    """The note under a table: what its WER/CER columns measure."""
+    parts = [f"{c} = text-alignment probe {c} (fraction)" for c in ("WER", "CER") if c in cols]
+    parts += [f"{c} = ASR on reconstructions vs the reference transcripts (%"
+              + ("; characters of the normalised text, spaces removed)" if c.startswith("CER") else ")")
+              for c in ("WER (recon)", "CER (recon)") if c in cols]
+    return ("; ".join(parts) + "; ground truth = reference audio through the same ASR "
+            "(its SIM/STOI/PESQ vs itself are trivial: —). " + N_NOTE)
+
+
 def comparison_table(entries, with_paper=True) -> str:
-    """One table: our scored models (any test sets) and the paper's rows alongside."""
-    cols = ["Source"] + columns_for(e["summary"] for e in entries)
+    """One table: our scored models (any test sets) and the paper's rows alongside (a test set scored
+    by CER fills `CER (recon)`, an English one `WER (recon)`)."""
+    cols = ["Source"] + columns_for((e["summary"] for e in entries), probes=[e.get("probe") for e in entries])
+    if with_paper and "WER" not in cols:  # the paper's probe WER (LibriSpeech)
+        cols.insert(cols.index("Frame rate") + 1, "WER")
     rows = []
     for e in entries:
         r = model_row(e["name"], e["summary"], e["probe"], e["info"])

@@ -36,6 +36,10 @@ class ScoreConfig:
     # > 0: shift the reconstruction by the cross-correlation lag within ±max_lag_ms before the
     # signal metrics (xytok.eval.align; codecs that delay their output); 0: truncation only
     max_lag_ms: float = 0.0
+    # language the ASR transcribes (ISO code, region dropped) and the error rate reported for it:
+    # "auto" = CER for languages written without spaces (xytok.eval.wer.CER_LANGUAGES), else WER
+    asr_language: str = "en"
+    asr_metric: str = "auto"
 
 
 @dataclass
@@ -59,9 +63,12 @@ class BackendError(RuntimeError):
 
 def build_backends(cfg: ScoreConfig) -> dict:
     """{"asr": ..., "sim": ...} for the model-based metrics in cfg.metrics; BackendError if one fails."""
+    from functools import partial
+
     from xytok.eval import asr, sim
 
-    wanted = [("wer", "asr", cfg.asr_backend, cfg.asr_model, asr.get_asr_backend, asr.DEFAULT_MODELS),
+    asr_factory = partial(asr.get_asr_backend, language=getattr(cfg, "asr_language", "en"))
+    wanted = [("wer", "asr", cfg.asr_backend, cfg.asr_model, asr_factory, asr.DEFAULT_MODELS),
               ("sim", "sim", cfg.sim_backend, cfg.sim_model, sim.get_sim_backend, sim.DEFAULT_MODELS)]
     out = {}
     for metric, kind, name, model, factory, defaults in wanted:

@@ -10,7 +10,7 @@ from pathlib import Path
 from xytok.eval.metrics import SAMPLE_RATE
 from xytok.eval.mos import PROTOCOL as MOS_PROTOCOL, output_columns
 from xytok.eval.stats import CI_METHOD, mean_ci
-from xytok.eval.wer import corpus_error_counts
+from xytok.eval.wer import CER_DEFINITION, CER_LANGUAGES, corpus_error_counts, resolve_asr_metric
 
 PROTOCOL = {
     "sample_rate": SAMPLE_RATE,
@@ -45,19 +45,31 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.6g}"
 
 
-def wer_blocks(results, texts: dict | None, normalizer) -> dict:
-    """Corpus WER comparisons. Only utterances whose needed transcripts exist are counted."""
+def wer_blocks(results, texts: dict | None, normalizer, unit: str = "word") -> dict:
+    """Corpus WER (unit="word") or CER (unit="char") comparisons. Only utterances whose needed
+    transcripts exist are counted."""
     ok = [r for r in results if "wer" not in r.failures and r.asr_ref is not None and r.asr_hyp is not None]
     blocks = {"recon_vs_asr_ref": corpus_error_counts({r.utt_id: r.asr_ref for r in ok},
-                                                      {r.utt_id: r.asr_hyp for r in ok}, normalizer)}
+                                                      {r.utt_id: r.asr_hyp for r in ok}, normalizer, unit)}
     if texts is not None:
         have_text = [r for r in ok if r.utt_id in texts]
         blocks["recon_vs_text"] = corpus_error_counts({r.utt_id: texts[r.utt_id] for r in have_text},
-                                                      {r.utt_id: r.asr_hyp for r in have_text}, normalizer)
+                                                      {r.utt_id: r.asr_hyp for r in have_text}, normalizer, unit)
         # Ground truth: reference audio through the same ASR, over the same utterances.
         blocks["ref_vs_text"] = corpus_error_counts({r.utt_id: texts[r.utt_id] for r in have_text},
-                                                    {r.utt_id: r.asr_ref for r in have_text}, normalizer)
+                                                    {r.utt_id: r.asr_ref for r in have_text}, normalizer, unit)
     return blocks
+
+
+def asr_metric_choice(cfg) -> tuple[str, str]:
+    """("wer"|"cer", why): the ASR error rate of this run and how it was chosen (stated in summary.json)."""
+    language = getattr(cfg, "asr_language", "en")
+    asked = getattr(cfg, "asr_metric", "auto")
+    metric = resolve_asr_metric(asked, language)
+    if asked != "auto":
+        return metric, f"--asr_metric {asked}"
+    spaced = "written without spaces between words" if metric == "cer" else "space-delimited"
+    return metric, (f"auto: language {language!r} is {spaced} (CER languages: {', '.join(sorted(CER_LANGUAGES))})")
 
 
 def primary_wer_key(blocks: dict) -> str:
@@ -91,12 +103,15 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = output_columns(metrics)  # dnsmos -> its OVRL/SIG/BAK/P.808/reference keys
-    blocks = wer_blocks(results, texts, normalizer) if "wer" in metrics else {}
+    # "wer" = the ASR metric; it is a CER for languages written without spaces (asr_metric_choice)
+    asr_metric, asr_metric_why = asr_metric_choice(cfg)
+    unit = "char" if asr_metric == "cer" else "word"
+    blocks = wer_blocks(results, texts, normalizer, unit) if "wer" in metrics else {}
     primary = primary_wer_key(blocks) if blocks else None
 
     # Per-utterance table: empty cell = failed (reason in summary.json).
     with open(out / "utt_scores.tsv", "w", encoding="utf-8") as f:
-        f.write("\t".join(["utt_id"] + metrics) + "\n")
+        f.write("\t".join(["utt_id"] + [asr_metric if m == "wer" else m for m in metrics]) + "\n")
         for r in results:
             row = [r.utt_id]
             for m in metrics:
@@ -125,22 +140,30 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
         wer_failed = {r.utt_id: r.failures["wer"] for r in results if "wer" in r.failures}
         summary["wer"] = {
             "primary": primary,
+            "metric": asr_metric,  # "wer" or "cer": what every count block below measures
+            "unit": unit,
+            "metric_choice": asr_metric_why,
+            "asr_language": getattr(cfg, "asr_language", "en"),
             "asr_backend": cfg.asr_backend,
             "asr_model": cfg.asr_model or ASR_DEFAULTS[cfg.asr_backend],
             "normalizer": normalizer.name,
             "normalizer_description": normalizer.description,
             "n_failed": len(wer_failed),
             "failures": wer_failed,
-            **{k: {**c.to_dict(), "kaldi": c.kaldi_line()} for k, c in blocks.items()},
+            **{k: {**c.to_dict(), "kaldi": c.kaldi_line(asr_metric.upper())} for k, c in blocks.items()},
         }
+        summary["protocol"] = {**summary["protocol"], "asr_language": summary["wer"]["asr_language"]}
+        if asr_metric == "cer":
+            summary["protocol"]["wer"] = CER_DEFINITION
         labels = {"recon_vs_text": "reconstruction: ASR(hyp) vs text",
                   "ref_vs_text": "ground truth: ASR(ref) vs text",
                   "recon_vs_asr_ref": "reconstruction: ASR(hyp) vs ASR(ref)"}
         with open(out / "wer.txt", "w", encoding="utf-8") as f:
-            f.write(f"# ASR {summary['wer']['asr_backend']} ({summary['wer']['asr_model']}); "
+            f.write(f"# ASR {summary['wer']['asr_backend']} ({summary['wer']['asr_model']}), language "
+                    f"{summary['wer']['asr_language']}; {asr_metric.upper()} ({asr_metric_why}); "
                     f"normaliser {normalizer.name}; {len(wer_failed)} utterances failed\n")
             for k, c in blocks.items():
-                f.write(f"{c.kaldi_line()}  # {labels[k]}, {c.n_utts} utts\n")
+                f.write(f"{c.kaldi_line(asr_metric.upper())}  # {labels[k]}, {c.n_utts} utts\n")
         for side in ("ref", "hyp"):
             with open(out / f"asr_{side}.txt", "w", encoding="utf-8") as f:
                 for r in results:

@@ -8,6 +8,25 @@ from dataclasses import asdict, dataclass, field
 
 import jiwer
 
+from xytok.eval.normalizer import base_language
+
+# Languages written without spaces between words: their primary ASR metric is CER (`auto`).
+# Whisper's codes; Korean (spaces between words) stays on WER unless asked (--asr_metric cer).
+CER_LANGUAGES = frozenset({"zh", "yue", "ja", "th", "lo", "my", "km", "bo"})
+ASR_METRICS = ("auto", "wer", "cer")
+CER_DEFINITION = ("corpus CER = (S+D+I)/N over the characters of the normalised texts with spaces removed, "
+                  "summed over all scored utterances, jiwer alignment, after one normaliser")
+WER_DEFINITION = "corpus WER = (S+D+I)/N over all scored utterances, jiwer alignment, after one normaliser"
+
+
+def resolve_asr_metric(metric: str = "auto", language: str = "en") -> str:
+    """"wer" or "cer": `auto` = cer for a language in CER_LANGUAGES (region ignored: zh-CN -> zh), else wer."""
+    if metric not in ASR_METRICS:
+        raise ValueError(f"ASR metric must be one of {ASR_METRICS}, got {metric!r}")
+    if metric != "auto":
+        return metric
+    return "cer" if base_language(language) in CER_LANGUAGES else "wer"
+
 
 @dataclass
 class ErrorCounts:
