@@ -1,8 +1,17 @@
-"""The XY-Tokenizer generator: 16 kHz speech <-> 8 x 1024 RVQ codes at 12.5 Hz.
+"""The XY-Tokenizer generator: 16 kHz speech <-> 8 x 1024 RVQ codes at 12.5 Hz -> speech at the
+decoder's output rate (16 kHz as released; 24 or 32 kHz for decoders retrained in stage 2).
 
 wav -> log-mel (100 Hz) -> semantic encoder + adapter | acoustic encoder (50 Hz) -> concat ->
 pre-RVQ adapter -> ResidualDownConv x4 (12.5 Hz) -> ResidualVQ -> post-RVQ adapter -> UpConv x4
-(50 Hz) -> acoustic decoder (100 Hz) -> Vocos ISTFT -> 16 kHz.
+(50 Hz) -> acoustic decoder (100 Hz) -> Vocos ISTFT (hop_size samples per 100 Hz frame) -> R Hz.
+
+Rates (field names of the released TTSD configs, in ``generator_params`` or at the top level of the
+YAML): ``input_sample_rate`` (16000: the Whisper front end), ``output_sample_rate`` (R),
+``encoder_downsample_rate`` (1280 input samples per code frame) and ``decoder_upsample_rate``
+(output samples per code frame = Vocos hop_size x 2 x 4: 1280 at 16 kHz, 1920 at 24 kHz, 2560 at
+32 kHz). Absent fields are derived from the modules; given ones must agree (ValueError naming the
+config). ``codec.sample_rate`` is the OUTPUT rate (what ``decode`` returns; the name is kept for
+API compatibility), ``codec.input_sample_rate`` the rate ``encode`` takes.
 
 Two levels of API:
 
@@ -27,7 +36,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from xytok.checkpoint import CheckpointMismatchError, load_generator_checkpoint
+from xytok.checkpoint import CheckpointMismatchError, load_state_strict, read_generator_state
 from xytok.frontend import HOP_LENGTH, N_FFT, N_MELS, N_SAMPLES_30S, log_mel
 from xytok.nn.decoder import AudioDecoder
 from xytok.nn.encoder import AudioEncoder
@@ -35,6 +44,7 @@ from xytok.nn.rvq import ResidualVQ
 from xytok.nn.sampling import ResidualDownConv, UpConv
 from xytok.nn.transformer import Transformer
 from xytok.nn.vocos import Vocos
+from xytok.pretrained import RATE_FIELDS, resolve_rates  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +61,19 @@ def _check_frontend_config(fe: dict) -> None:
 
 
 class XYTokenizer(nn.Module):
-    """The generator, built from the released ``generator_params`` (module names = released keys)."""
+    """The generator, built from the released ``generator_params`` (module names = released keys).
 
-    def __init__(self, generator_params: dict):
+    ``sample_rate``: the OUTPUT rate (decode); ``input_sample_rate``: 16000 (encode); see the
+    module docstring for the rate fields and ``resolve_rates`` for their checks."""
+
+    def __init__(self, generator_params: dict, source: str = "<config>"):
         super().__init__()
         p = generator_params
         _check_frontend_config(p.get("feature_extractor_kwargs", {}))
-        self.sample_rate = int(p.get("sample_rate", 16000))
-        if self.sample_rate != 16000:
-            raise ValueError(f"only 16 kHz models are supported, config says {self.sample_rate}")
+        rates = resolve_rates(p, source)
+        self.input_sample_rate = rates["input_sample_rate"]
+        self.sample_rate = rates["output_sample_rate"]
+        self.decoder_upsample_rate = rates["decoder_upsample_rate"]
         self.generator_params = p
         # Registration order = released state-dict order.
         for name, cls in (("semantic_encoder", AudioEncoder), ("semantic_encoder_adapter", Transformer),
@@ -72,10 +86,23 @@ class XYTokenizer(nn.Module):
             except TypeError as exc:  # unknown / missing keys: name the config section
                 raise ValueError(f"generator_params.{name}_kwargs: {exc}") from exc
             setattr(self, name, module)
-        # 1280 samples per code frame: mel hop x encoder stride x downsample factor.
+        # 1280 input samples per code frame: mel hop x encoder stride x downsample factor.
         self.code_hop = HOP_LENGTH * self.acoustic_encoder.stride_size * self.downsample.factor
-        self.window_samples = N_SAMPLES_30S
+        if self.code_hop != rates["encoder_downsample_rate"] or \
+                self.vocos.hop_size * self.acoustic_decoder.stride_size * self.upsample.stride != self.decoder_upsample_rate:
+            raise ValueError(f"{source}: module strides disagree with the rate fields {rates}")
+        self.window_samples = N_SAMPLES_30S  # encoder window, input samples
         self.window_codes = self.window_samples // self.code_hop  # 375
+
+    @property
+    def output_sample_rate(self) -> int:
+        """= ``sample_rate`` (the rate ``decode`` returns), under the TTSD config's name."""
+        return self.sample_rate
+
+    @property
+    def encoder_downsample_rate(self) -> int:
+        """Input (16 kHz) samples per code frame: 1280."""
+        return self.code_hop
 
     @property
     def num_quantizers(self) -> int:
@@ -87,8 +114,8 @@ class XYTokenizer(nn.Module):
 
     @property
     def frame_rate(self) -> float:
-        """Code frames per second (12.5 for the released 16 kHz model)."""
-        return self.sample_rate / self.code_hop
+        """Code frames per second (12.5 for every released model)."""
+        return self.input_sample_rate / self.code_hop
 
     def bitrate(self, num_quantizers: int | None = None) -> float:
         """Bits per second of ``num_quantizers`` code layers (default all): n * log2(codebook) * frame rate."""
@@ -174,7 +201,8 @@ class XYTokenizer(nn.Module):
         """Post-RVQ adapter -> upsample -> acoustic decoder -> Vocos, on one padded batch.
 
         Returns a dict: post_rvq (B, 4D, T), upsampled (B, D, 4T), mel_out (B, 80, 8T) decoder
-        features, mel_out_lengths (B,), wav (B, 1280 T), wav_lengths (B,) = 1280 codes_lengths.
+        features, mel_out_lengths (B,), wav (B, U T), wav_lengths (B,) = U codes_lengths, with
+        U = decoder_upsample_rate (1280 at 16 kHz, 1920 at 24 kHz) output samples per code.
         Samples near the end of a shorter item are affected by its padding (Vocos has no mask):
         decode items at their own length for the official single-item result.
         """
@@ -240,9 +268,12 @@ class XYTokenizer(nn.Module):
         return out
 
     def _chunking(self, overlap_seconds: float):
-        if not 0 <= overlap_seconds < self.window_samples / self.sample_rate:
+        """(stride in input samples, kept code frames per chunk): the same code windows for
+        encode and decode, whatever the output rate."""
+        rate = self.input_sample_rate
+        if not 0 <= overlap_seconds < self.window_samples / rate:
             raise ValueError(f"overlap_seconds must be in [0, 30), got {overlap_seconds}")
-        stride = round((self.window_samples / self.sample_rate - overlap_seconds) * self.sample_rate)
+        stride = round((self.window_samples / rate - overlap_seconds) * rate)
         if stride % self.code_hop:
             raise ValueError(f"30 - overlap_seconds must be a multiple of 80 ms, got overlap {overlap_seconds}")
         return stride, stride // self.code_hop
@@ -282,7 +313,7 @@ class XYTokenizer(nn.Module):
                 units.append((i, k * keep, w[start: start + self.window_samples]))
                 k += 1
         units.sort(key=lambda u: -u[2].numel())
-        max_batch_samples = max_batch_seconds * self.sample_rate
+        max_batch_samples = max_batch_seconds * self.input_sample_rate
         batches, done = [], 0
         for unit in units:  # sorted longest first: the first unit of a batch sets its width
             width = self.window_samples if mode == "padded" else batches[-1][0][2].numel() if batches else 0
@@ -312,14 +343,15 @@ class XYTokenizer(nn.Module):
     @torch.no_grad()
     def decode(self, codes_list, overlap_seconds: float = 10, batch_size: int = 8, mode: str = "fast",
                progress=None, max_batch_seconds: float = 60.0, num_quantizers: int | None = None) -> list:
-        """list of LongTensor (nq, T_i) -> list of 1-D float tensors of 1280*T_i samples (16 kHz).
+        """list of LongTensor (nq, T_i) -> list of 1-D float tensors of U*T_i samples at
+        ``sample_rate`` (U = decoder_upsample_rate: 1280 samples at 16 kHz, 1920 at 24 kHz).
 
         ``num_quantizers`` = n in [1, nq] decodes from the first n RVQ layers only (a lower bit
         rate, ``bitrate(n)``): items may hold n..nq rows and are cut to n. Default: all nq layers.
 
         Chunking as the released ``decode``: chunk k covers codes [k*keep, k*keep + 375), keep =
-        stride/1280 (250 for overlap 10); the first keep*1280 samples of each chunk are kept and
-        concatenated. mode="fast" decodes every chunk at its own length (batching only chunks of
+        stride/1280 (250 for overlap 10, at any output rate); the first keep*U output samples of
+        each chunk are kept and concatenated. mode="fast" decodes every chunk at its own length (batching only chunks of
         equal length), so each item's result equals the official single-item decode and does not
         depend on the rest of the batch. mode="padded" is the official batch decode (items padded
         to the longest one, whose padding leaks into the last ~0.1 s of shorter items).
@@ -334,7 +366,8 @@ class XYTokenizer(nn.Module):
         if mode == "padded":
             return self._decode_padded(codes_list, keep, batch_size, progress)
         device = self.device
-        results = [torch.zeros(c.shape[1] * self.code_hop) for c in codes_list]
+        hop = self.decoder_upsample_rate  # output samples per code frame
+        results = [torch.zeros(c.shape[1] * hop) for c in codes_list]
         groups = defaultdict(list)  # chunk length -> [(item, first code, codes)]
         for i, c in enumerate(codes_list):
             k = 0
@@ -346,15 +379,15 @@ class XYTokenizer(nn.Module):
         for length in sorted(groups, reverse=True):
             units = groups[length]
             # at most batch_size chunks and max_batch_seconds of audio per call (>= one chunk)
-            per_call = max(1, min(batch_size, int(max_batch_seconds * self.sample_rate) // (length * self.code_hop)))
+            per_call = max(1, min(batch_size, int(max_batch_seconds * self.sample_rate) // (length * hop)))
             for b0 in range(0, len(units), per_call):
                 batch = units[b0: b0 + per_call]
                 codes = torch.stack([u[2] for u in batch], dim=1).to(device)
                 lengths = torch.full((len(batch),), length, dtype=torch.long, device=device)
                 wav = self.detokenize(codes, lengths)["wav"].cpu()
                 for j, (i, first, _) in enumerate(batch):
-                    n = min(keep, results[i].numel() // self.code_hop - first) * self.code_hop
-                    results[i][first * self.code_hop: first * self.code_hop + n] = wav[j, :n]
+                    n = min(keep, results[i].numel() // hop - first) * hop
+                    results[i][first * hop: first * hop + n] = wav[j, :n]
                 done += len(batch)
                 if progress is not None:
                     progress(done, total)
@@ -363,7 +396,8 @@ class XYTokenizer(nn.Module):
     def _decode_padded(self, codes_list, keep, batch_size, progress):
         """Official batch decode: pad to the longest item, chunk the batch, hard-concatenate."""
         device = self.device
-        results = [torch.zeros(c.shape[1] * self.code_hop) for c in codes_list]
+        hop = self.decoder_upsample_rate
+        results = [torch.zeros(c.shape[1] * hop) for c in codes_list]
         for b0 in range(0, len(codes_list), batch_size):
             items = codes_list[b0: b0 + batch_size]
             lens = torch.tensor([c.shape[1] for c in items])
@@ -378,8 +412,8 @@ class XYTokenizer(nn.Module):
                 chunk_lens = (lens - first).clamp(min=0, max=chunk.shape[2])
                 wav = self.detokenize(chunk.to(device), chunk_lens.to(device))["wav"].cpu()
                 for j in range(len(items)):
-                    n = min(keep * self.code_hop, int(chunk_lens[j]) * self.code_hop)
-                    results[b0 + j][first * self.code_hop: first * self.code_hop + n] = wav[j, :n]
+                    n = min(keep * hop, int(chunk_lens[j]) * hop)
+                    results[b0 + j][first * hop: first * hop + n] = wav[j, :n]
                 k += 1
             if progress is not None:
                 progress(min(b0 + batch_size, len(codes_list)), len(codes_list))
@@ -399,18 +433,43 @@ def _read_config(config) -> dict:
     if not isinstance(config, dict):
         raise ValueError(f"{source}: expected a YAML mapping with generator_params")
     params = config.get("generator_params", config)
+    if params is not config:  # rate fields may sit at the top level too (TTSD / transformers layout)
+        top = {k: config[k] for k in RATE_FIELDS if k in config}
+        clash = {k: (v, params[k]) for k, v in top.items() if k in params and params[k] != v}
+        if clash:
+            raise ValueError(f"{source}: rate fields differ between the top level and generator_params: "
+                             + ", ".join(f"{k} {a} vs {b}" for k, (a, b) in clash.items()))
+        if any(k not in params for k in top):
+            params = {**params, **top}
+        if "sample_rate" in config and "sample_rate" not in params and "output_sample_rate" not in params:
+            params = {**params, "sample_rate": config["sample_rate"]}
     required = ["semantic_encoder_kwargs", "semantic_encoder_adapter_kwargs", "acoustic_encoder_kwargs",
                 "pre_rvq_adapter_kwargs", "downsample_kwargs", "quantizer_kwargs",
                 "post_rvq_adapter_kwargs", "upsample_kwargs", "acoustic_decoder_kwargs", "vocos_kwargs"]
     missing = [k for k in required if k not in params]
     if missing:
         raise ValueError(f"{source}: generator_params lacks {', '.join(missing)}")
-    return params
+    return params, source
 
 
 def build_codec(config) -> XYTokenizer:
     """Random-initialised generator (VQ codebooks not inited: training k-means-initialises them)."""
-    return XYTokenizer(_read_config(config))
+    params, source = _read_config(config)
+    return XYTokenizer(params, source=source)
+
+
+# The MOSS-TTSD release names the vocoder ``enhanced_vocos`` (same module, same parameters).
+_RELEASED_ALIASES = (("enhanced_vocos.", "vocos."),)
+
+
+def load_generator_checkpoint(codec: nn.Module, path) -> None:
+    """xytok.checkpoint.load_generator_checkpoint, also accepting the MOSS-TTSD 24/32 kHz
+    releases' module name (``enhanced_vocos.*`` -> ``vocos.*``)."""
+    state = read_generator_state(path)
+    for old, new in _RELEASED_ALIASES:
+        if any(k.startswith(old) for k in state):
+            state = {(new + k[len(old):] if k.startswith(old) else k): v for k, v in state.items()}
+    load_state_strict(codec, state, source=os.fspath(path))
 
 
 def load_codec(config, ckpt_path=None, device="cpu", revision=None, cache_dir=None) -> XYTokenizer:

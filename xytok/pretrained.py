@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
+from xytok.frontend import HOP_LENGTH
 from xytok.hub import hf_offline, offline_hint, resolve_pretrained
 
 logger = logging.getLogger(__name__)
@@ -176,6 +177,83 @@ def resolve_codec_files(name_or_dir, ckpt_path=None, revision: Optional[str] = N
     return files
 
 
+RATE_FIELDS = ("input_sample_rate", "output_sample_rate", "encoder_downsample_rate", "decoder_upsample_rate")
+
+
+def _int_field(p: dict, key: str, source: str):
+    value = p.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value <= 0:
+        raise ValueError(f"{source}: generator_params.{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def resolve_rates(p: dict, source: str = "<config>") -> dict:
+    """The four rate fields of ``generator_params`` ``p``, derived from the module sizes where absent
+    and checked where given. Raises ValueError naming ``source`` and the disagreeing fields.
+
+    encoder_downsample_rate = mel hop (160) x acoustic encoder stride x downsample factor;
+    decoder_upsample_rate = Vocos hop_size x acoustic decoder stride x upsample stride;
+    output_sample_rate = decoder_upsample_rate x code frame rate (input rate / encoder rate).
+    The legacy ``sample_rate`` (the released 16 kHz config's one rate) must equal the output rate.
+    """
+    def kw(section):
+        return p.get(f"{section}_kwargs") or {}
+
+    given = {k: _int_field(p, k, source) for k in RATE_FIELDS + ("sample_rate",)}
+    input_rate = given["input_sample_rate"] or 16000
+    if input_rate != 16000:
+        raise ValueError(f"{source}: input_sample_rate {input_rate}: the encoder's Whisper front end works at "
+                         "16000 Hz only (a higher output rate is a decoder choice: output_sample_rate)")
+    enc = HOP_LENGTH * int(kw("acoustic_encoder").get("stride_size", 2)) * int(kw("downsample").get("avg_pooler", 4))
+    dec_frame = int(kw("vocos").get("hop_size", 160)) * int(kw("acoustic_decoder").get("stride_size", 2))
+    dec = dec_frame * int(kw("upsample").get("stride", 4))
+    problems = []
+    if given["encoder_downsample_rate"] not in (None, enc):
+        problems.append(f"encoder_downsample_rate {given['encoder_downsample_rate']} but the encoder makes one code "
+                        f"frame per {enc} input samples (mel hop {HOP_LENGTH} x acoustic encoder stride x "
+                        "downsample avg_pooler)")
+    if given["decoder_upsample_rate"] not in (None, dec):
+        problems.append(f"decoder_upsample_rate {given['decoder_upsample_rate']} but the decoder makes {dec} samples "
+                        f"per code frame (vocos_kwargs.hop_size {kw('vocos').get('hop_size', 160)} x acoustic "
+                        f"decoder stride {kw('acoustic_decoder').get('stride_size', 2)} x upsample stride "
+                        f"{kw('upsample').get('stride', 4)})")
+    if (dec * input_rate) % enc:
+        problems.append(f"{dec} output samples per code frame at {input_rate}/{enc} code frames per second is not "
+                        "a whole number of samples per second")
+    output_rate = dec * input_rate // enc
+    if given["output_sample_rate"] not in (None, output_rate):
+        problems.append(f"output_sample_rate {given['output_sample_rate']} but the decoder makes {dec} samples per "
+                        f"code frame at {input_rate / enc:g} Hz = {output_rate} Hz (24 kHz: vocos n_fft 960 / "
+                        "hop_size 240, decoder_upsample_rate 1920; 32 kHz: 1280 / 320, 2560)")
+    if given["sample_rate"] not in (None, output_rate):
+        problems.append(f"sample_rate {given['sample_rate']} (the legacy name of the output rate) but the decoder "
+                        f"makes {output_rate} Hz; set sample_rate: {output_rate} or drop it")
+    ad = kw("acoustic_decoder")
+    if ad and float(ad.get("sampling_rate", 16000)) / float(ad.get("hop_length", 160)) != input_rate / HOP_LENGTH:
+        problems.append(f"acoustic_decoder_kwargs sampling_rate {ad.get('sampling_rate')} / hop_length "
+                        f"{ad.get('hop_length')} is not the {input_rate // HOP_LENGTH} Hz frame rate the decoder "
+                        "runs at (they size its position table: use e.g. 16000/160 or 24000/240)")
+    if problems:
+        raise ValueError(f"{source}: inconsistent rate fields in generator_params: " + "; ".join(problems))
+    return {"input_sample_rate": input_rate, "output_sample_rate": output_rate,
+            "encoder_downsample_rate": enc, "decoder_upsample_rate": dec}
+
+
+def with_rate_fields(generator_params: Mapping) -> dict:
+    """``generator_params`` as written to config.yaml. A model whose output rate is not 16 kHz gets
+    the released TTSD rate fields (input_sample_rate, output_sample_rate, encoder_downsample_rate,
+    decoder_upsample_rate), checked against its modules, and ``sample_rate`` = its output rate;
+    a 16 kHz model's params are written unchanged (the released 16 kHz layout)."""
+    params = dict(generator_params)
+    rates = resolve_rates(params, "generator_params")
+    if rates["output_sample_rate"] == 16000:
+        return params
+    head = {**rates, "sample_rate": rates["output_sample_rate"]}
+    return {**head, **{k: v for k, v in params.items() if k not in head}}
+
+
 def write_pretrained(state, generator_params, out_dir, ckpt: bool = True,
                      metadata: Optional[dict] = None) -> Path:
     """``model.safetensors`` (+ ``model.ckpt``) from a generator state dict, then ``config.yaml``.
@@ -187,6 +265,7 @@ def write_pretrained(state, generator_params, out_dir, ckpt: bool = True,
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    generator_params = with_rate_fields(generator_params)
     save_generator_safetensors(state, out / "model.safetensors", metadata=metadata)
     if ckpt:
         save_generator_checkpoint(state, out / "model.ckpt")
