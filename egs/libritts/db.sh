@@ -1,0 +1,3 @@
+# Corpus locations. An environment variable of the same name overrides the value here.
+# LIBRITTS: the directory that holds (or will hold, after download) LibriTTS/<part>/...
+LIBRITTS=${LIBRITTS:-downloads}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# LibriTTS data preparation (recipe stage 1).
+#   local/data.sh [--parts "dev-clean test-clean train-clean-100"] [--text normalized|original] [--download true|false]
+# Uses parts already present in $LIBRITTS/LibriTTS/<part> and downloads missing ones from OpenSLR
+# resource 60 (resumable, checksum-verified, extracted with a .complete marker). Writes Kaldi data
+# dirs data/<part with _> (wav.scp, text, utt2spk, spk2utt), validated; utterances whose wav or text
+# file is missing or empty are skipped and counted (python -m xytok.bin.libritts_data).
+set -euo pipefail
+log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/data.sh) $*"; }
+
+parts=              # LibriTTS parts; default: those named by the run's train/valid/test sets
+text=normalized     # transcript: <utt>.normalized.txt (numbers etc. spelled out) or <utt>.original.txt
+download=true       # download missing parts (false: error if a part is missing)
+remove_archive=false  # delete each .tar.gz after extraction
+help_message="Usage: local/data.sh [--parts \"dev-clean test-clean\"] [--text normalized|original] [--download true|false]"
+. utils/parse_options.sh
+. ./db.sh
+. ./path.sh
+
+all_parts="dev-clean dev-other test-clean test-other train-clean-100 train-clean-360 train-other-500"
+# OpenSLR 60 publishes no md5 list. These are the archives' sha256 and sizes in bytes, as published
+# (identically) by torchaudio's LIBRITTS dataset and TensorFlow Datasets' libritts checksums.tsv.
+declare -A SHA256=(
+    [dev-clean]=da0864e1bd26debed35da8a869dd5c04dfc27682921936de7cff9c8a254dbe1a
+    [dev-other]=d413eda26f3a152ac7c9cf3658ef85504dfb1b625296e5fa83727f5186cca79c
+    [test-clean]=234ea5b25859102a87024a4b9b86641f5b5aaaf1197335c95090cde04fe9a4f5
+    [test-other]=33a5342094f3bba7ccc2e0500b9e72d558f72eb99328ac8debe1d9080402f10d
+    [train-clean-100]=c5608bf1ef74bb621935382b8399c5cdd51cd3ee47cec51f00f885a64c6c7f6b
+    [train-clean-360]=ce7cff44dcac46009d18379f37ef36551123a1dc4e5c8e4eb73ae57260de4886
+    [train-other-500]=e35f7e34deeb2e2bdfe4403d88c8fdd5fbf64865cae41f027a185a6965f0a5df )
+declare -A SIZE=( [dev-clean]=1291469655 [dev-other]=924804676 [test-clean]=1230670113
+    [test-other]=964502297 [train-clean-100]=7723686890 [train-clean-360]=27504073644
+    [train-other-500]=44565031479 )
+# LIBRITTS_MIRRORS (environment): other base URLs holding <part>.tar.gz, tried in order.
+mirrors=${LIBRITTS_MIRRORS:-"https://www.openslr.org/resources/60 https://us.openslr.org/resources/60 https://openslr.elda.org/resources/60 https://openslr.magicdatatech.com/resources/60"}
+# LIBRITTS_CHECKSUMS=file (environment): "<part> <sha256> <size>" lines replacing the table above
+# (a re-released archive, or tests serving their own).
+if [ -n "${LIBRITTS_CHECKSUMS:-}" ]; then
+    while read -r p h s; do [ -n "$p" ] && SHA256[$p]=$h && SIZE[$p]=$s; done < "$LIBRITTS_CHECKSUMS"
+fi
+
+case "$text" in normalized|original) ;; *) echo "local/data.sh: --text must be normalized or original (got '$text')" >&2; exit 1 ;; esac
+if [ -z "$parts" ]; then
+    # The sets of this run (exported by xytok.sh), with _ turned back into -.
+    for s in ${XYTOK_TRAIN_SET:-train_clean_100} ${XYTOK_VALID_SET:-dev_clean} ${XYTOK_TEST_SETS:-test_clean}; do
+        parts+=" ${s//_/-}"
+    done
+fi
+parts=$(echo $parts | tr ' ' '\n' | awk '!seen[$0]++' | tr '\n' ' ')
+for p in $parts; do
+    [[ " $all_parts " == *" $p "* ]] || { echo "local/data.sh: unknown LibriTTS part '$p' (known: $all_parts)" >&2; exit 1; }
+done
+
+if [ ! -d "$LIBRITTS" ]; then
+    "$download" || { echo "local/data.sh: LIBRITTS=$LIBRITTS does not exist (set LIBRITTS in db.sh or the environment)" >&2; exit 1; }
+    mkdir -p "$LIBRITTS"
+fi
+
+for part in $parts; do
+    pdir=$LIBRITTS/LibriTTS/$part
+    marker=$LIBRITTS/LibriTTS/.$part.complete
+    # Present if we extracted it (marker), or if it is there and no download of ours is half done.
+    if [ -f "$marker" ] || { [ -d "$pdir" ] && [ ! -e "$LIBRITTS/$part.tar.gz" ] && [ ! -e "$LIBRITTS/$part.tar.gz.part" ]; }; then
+        log "$part: using $pdir"
+    else
+        "$download" || { echo "local/data.sh: $pdir not found and --download false" >&2; exit 1; }
+        log "$part: downloading from OpenSLR 60 (resumable, sha256 + size checked) into $LIBRITTS"
+        urls=(); for m in $mirrors; do urls+=(--url "$m/$part.tar.gz"); done
+        rm_opt=(); "$remove_archive" && rm_opt=(--remove_archive)
+        python3 -m xytok.data.download "${urls[@]}" --sha256 "${SHA256[$part]}" --size "${SIZE[$part]}" \
+            --dest "$LIBRITTS/$part.tar.gz" --extract_to "$LIBRITTS" --marker "$marker" "${rm_opt[@]}" \
+            || { echo "local/data.sh: could not get LibriTTS $part (no network? download it to $LIBRITTS/$part.tar.gz or point LIBRITTS to an existing tree)" >&2; exit 1; }
+        [ -d "$pdir" ] || { echo "local/data.sh: $LIBRITTS/$part.tar.gz did not contain LibriTTS/$part" >&2; rm -f "$marker"; exit 1; }
+    fi
+    dset=data/${part//-/_}
+    if [ -f "$dset/.done" ] && [ "$(cat "$dset/.done")" = "text=$text" ]; then
+        log "$part: $dset already prepared ($text text)"
+        continue
+    fi
+    rm -f "$dset/.done"
+    python3 -m xytok.bin.libritts_data --corpus_dir "$LIBRITTS/LibriTTS" --part "$part" --text "$text" --out "$dset"
+    utils/validate_data_dir.sh --no-feats "$dset"
+    echo "text=$text" > "$dset/.done"
+done
+log "done: $(for p in $parts; do printf 'data/%s ' "${p//-/_}"; done)"
