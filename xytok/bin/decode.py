@@ -1,11 +1,12 @@
-"""Decode XY-Tokenizer codes back to 16 kHz audio.
+"""Decode XY-Tokenizer codes back to audio at the model's output rate (16 kHz; 24/32 kHz decoders).
 
     xytok decode --config C --checkpoint K IN OUT_DIR
     python -m xytok.bin.decode --model_dir exp/x/export codes.scp OUT_DIR
 
 IN:      codes as written by ``xytok encode``: a ``.scp``/``.ark`` file or a directory of
          ``<utt>.npy`` arrays (nq, T).
-OUT_DIR: receives ``<utt>.wav`` (16 kHz, 16-bit PCM, 1280*T samples) and ``wav.scp``
+OUT_DIR: receives ``<utt>.wav`` (the codec's output rate, 16-bit PCM, U*T samples: U = 1280 at
+         16 kHz, 1920 at 24 kHz, 2560 at 32 kHz; the config's decoder_upsample_rate) and ``wav.scp``
          (``uttid OUT_DIR/uttid.wav``, LC_ALL=C sorted, successful utterances only).
 
 --num_quantizers N decodes from the first N RVQ layers only (a lower bit rate, logged:
@@ -110,7 +111,7 @@ def _run(args) -> int:
         n_used = num_quantizers if use is None else use
         logger.info("decoding from %d of %d RVQ layers: %g bps (%d x log2(%d) bits x %g Hz)", n_used,
                     num_quantizers, codec.bitrate(n_used), n_used, codebook_size, codec.frame_rate)
-        sample_rate, hop = SAMPLE_RATE, SAMPLES_PER_CODE
+        sample_rate, hop = codec.sample_rate, codec.decoder_upsample_rate  # output rate, samples per code
 
         def check(codes):
             return check_codes(codes, num_quantizers, codebook_size, use)

@@ -55,6 +55,8 @@ class UttResult:
     asr_hyp: str | None = None
     ref_downmixed: bool = False  # multi-channel input averaged to mono
     hyp_downmixed: bool = False
+    ref_sample_rate: int = 0  # rate of the file as read (scored at 16 kHz: other rates are resampled)
+    hyp_sample_rate: int = 0
 
 
 class BackendError(RuntimeError):
@@ -132,6 +134,7 @@ def score_one(job: tuple) -> UttResult:
     try:
         ref, info = load_wav_info(ref_entry, utt=utt)
         res.ref_samples, res.ref_downmixed = len(ref), info.downmixed
+        res.ref_sample_rate = info.orig_sample_rate
     except AudioReadError as e:
         res.failures = {m: f"unreadable_reference: {e}" for m in wanted}
         return res
@@ -147,6 +150,7 @@ def score_one(job: tuple) -> UttResult:
     try:
         hyp, info = load_wav_info(hyp_entry, utt=utt)
         res.hyp_samples, res.hyp_downmixed = len(hyp), info.downmixed
+        res.hyp_sample_rate = info.orig_sample_rate
     except AudioReadError as e:
         for m in wanted:
             res.failures.setdefault(m, f"unreadable_hypothesis: {e}")
@@ -182,6 +186,27 @@ def score_one(job: tuple) -> UttResult:
         except Exception as e:  # noqa: BLE001
             res.failures["wer"] = f"asr_failed_on_hypothesis: {type(e).__name__}: {e}"
     return res
+
+
+def resampled_counts(results) -> dict:
+    """{"reference"|"reconstruction": {rate: n files}} for files not at 16 kHz (resampled to 16 kHz
+    for every metric, xytok.audio.resample)."""
+    out = {}
+    for side in ("reference", "reconstruction"):
+        rates = [r.ref_sample_rate if side == "reference" else r.hyp_sample_rate for r in results]
+        counts = {}
+        for rate in rates:
+            if rate and rate != SAMPLE_RATE:
+                counts[rate] = counts.get(rate, 0) + 1
+        out[side] = dict(sorted(counts.items()))
+    return out
+
+
+def log_resampling(results) -> None:
+    for side, counts in resampled_counts(results).items():
+        for rate, n in counts.items():
+            log.info("%d %s file(s) at %d Hz resampled to %d Hz for the metrics (polyphase, exact ratio)",
+                     n, side, rate, SAMPLE_RATE)
 
 
 def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -> list[UttResult]:
@@ -221,4 +246,5 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
                 results.append(r)
                 progress(i)
     results.sort(key=lambda r: r.utt_id)
+    log_resampling(results)
     return results

@@ -195,6 +195,14 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
         "n_ref_downmixed": sum(r.ref_downmixed for r in results),
         "n_hyp_downmixed": sum(r.hyp_downmixed for r in results),
     }
+    from xytok.eval.scoring import resampled_counts
+
+    summary["resampling"] = {  # e.g. a 24 kHz decoder's wavs, scored at 16 kHz
+        "scored_at_hz": SAMPLE_RATE,
+        "method": "scipy.signal.resample_poly with the exact rate ratio (xytok.audio.resample)",
+        "resampled_files_by_rate": {side: {str(k): v for k, v in c.items()}
+                                    for side, c in resampled_counts(results).items()},
+    }
     summary["failures_by_utt"] = {r.utt_id: r.failures for r in results if r.failures}
     summary["n_utts_with_failure"] = len(summary["failures_by_utt"])
     with open(out / "summary.json", "w", encoding="utf-8") as f:
