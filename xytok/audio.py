@@ -165,6 +165,19 @@ def resample(wav: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
+def band_energy_db(wav: np.ndarray, sample_rate: int, low_hz: float) -> float:
+    """Energy of ``wav`` at and above ``low_hz``, in dB relative to its total energy (-inf for
+    silence or nothing above). 16 kHz audio upsampled to 24 kHz has ~-90 dB above 8 kHz (the
+    resampler's stop band); speech recorded at 24 kHz typically -30 to -45 dB."""
+    spec = np.abs(np.fft.rfft(np.asarray(wav, dtype=np.float64))) ** 2
+    total = spec.sum()
+    freqs = np.fft.rfftfreq(len(wav), 1.0 / sample_rate)
+    high = spec[freqs >= low_hz].sum()
+    if total <= 0 or high <= 0:
+        return float("-inf")
+    return float(10.0 * np.log10(high / total))
+
+
 def load_audio(path_or_scp_entry: str, target_sr: Optional[int] = 16000, utt: Optional[str] = None
                ) -> Tuple[np.ndarray, AudioInfo]:
     """Load mono float32 audio at ``target_sr`` (None = keep the file's rate).

@@ -16,6 +16,15 @@ from xytok.frontend import mel_filters
 DEFAULT_RESOLUTIONS = ((512, 128, 64), (1024, 256, 80), (2048, 512, 128))
 
 
+def scaled_resolutions(resolutions: Sequence[Sequence[int]], sample_rate: int) -> list:
+    """(n_fft, hop, n_mels) given at 16 kHz, with n_fft and hop scaled to `sample_rate` (same window
+    and hop durations; n_mels kept, the bands then reach sample_rate / 2). Unchanged at 16 kHz."""
+    if int(sample_rate) % 8000:
+        raise ValueError(f"mel resolutions scale to multiples of 8 kHz, got {sample_rate} Hz")
+    return [(int(n) * int(sample_rate) // 16000, int(h) * int(sample_rate) // 16000, int(m))
+            for n, h, m in resolutions]
+
+
 def frame_mask(lengths: Optional[torch.Tensor], hop: int, frames: int, device) -> Optional[torch.Tensor]:
     """(B, frames) bool: frame t is valid if it starts inside the item's samples."""
     if lengths is None:

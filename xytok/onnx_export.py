@@ -3,7 +3,8 @@
     encoder.onnx  input  wav   float32 [1, N], 16 kHz, 1280 <= N <= 480000 (one 30-s window)
                   output codes int64   [nq, floor(N / 1280)]
     decoder.onnx  input  codes int64   [nq, T], 1 <= T <= 375 (one 30-s window)
-                  output wav   float32 [1, 1280 T]
+                  output wav   float32 [1, U T] at the output rate (U = decoder_upsample_rate:
+                               1280 at 16 kHz, 1920 at 24 kHz, 2560 at 32 kHz)
 
 One graph call is one window of ``XYTokenizer.encode`` / ``decode`` in mode="fast" (the official
 single-item computation, trimmed to the frames the window needs). Longer audio is windowed by the
@@ -166,7 +167,7 @@ class OnnxEncoder(nn.Module):
 
 
 class OnnxDecoder(nn.Module):
-    """codes (nq, T) -> wav (1, 1280 T): one window of ``XYTokenizer.decode`` (mode="fast")."""
+    """codes (nq, T) -> wav (1, U T) at the output rate: one window of ``XYTokenizer.decode`` (mode="fast")."""
 
     def __init__(self, codec):
         super().__init__()
@@ -200,9 +201,11 @@ def _meta(codec, overlap_seconds: float) -> dict:
         "format": "xytok-onnx",
         "xytok_version": __version__,
         "opset": OPSET,
-        "sample_rate": codec.sample_rate,
+        "sample_rate": codec.input_sample_rate,  # the encoder's input rate
         "hop_samples": codec.code_hop,
-        "frame_rate_hz": codec.sample_rate / codec.code_hop,
+        "output_sample_rate": codec.sample_rate,  # the decoder's (16 kHz as released, 24/32 kHz decoders)
+        "output_hop_samples": codec.decoder_upsample_rate,
+        "frame_rate_hz": codec.frame_rate,
         "num_quantizers": codec.num_quantizers,
         "codebook_size": codec.codebook_size,
         "window_samples": codec.window_samples,
@@ -212,7 +215,8 @@ def _meta(codec, overlap_seconds: float) -> dict:
                     "output": "codes", "output_shape": [codec.num_quantizers, "floor(N/1280)"],
                     "output_dtype": "int64", "min_samples": codec.code_hop, "max_samples": codec.window_samples},
         "decoder": {"file": DECODER_FILE, "input": "codes", "input_shape": [codec.num_quantizers, "T"],
-                    "input_dtype": "int64", "output": "wav", "output_shape": [1, "1280*T"],
+                    "input_dtype": "int64", "output": "wav",
+                    "output_shape": [1, f"{codec.decoder_upsample_rate}*T"], "output_sample_rate": codec.sample_rate,
                     "output_dtype": "float32", "min_codes": 1, "max_codes": codec.window_codes},
     }
 
@@ -247,7 +251,7 @@ def export_onnx(codec, out_dir, overlap_seconds: float = 10.0) -> dict:
     """
     from torch.export import Dim
 
-    if not 0 <= overlap_seconds < codec.window_samples / codec.sample_rate:
+    if not 0 <= overlap_seconds < codec.window_samples / codec.input_sample_rate:
         raise ValueError(f"overlap_seconds must be in [0, 30), got {overlap_seconds}")
     codec = codec.cpu().eval()
     os.makedirs(out_dir, exist_ok=True)
@@ -256,7 +260,7 @@ def export_onnx(codec, out_dir, overlap_seconds: float = 10.0) -> dict:
 
     t0 = time.perf_counter()
     n_dim = Dim("N", min=codec.code_hop, max=codec.window_samples)
-    example = torch.randn(1, 5 * codec.sample_rate) * 0.1
+    example = torch.randn(1, 5 * codec.input_sample_rate) * 0.1
     _export(OnnxEncoder(codec).eval(), example, {"wav": {1: n_dim}}, "wav", "codes",
             os.path.join(out_dir, ENCODER_FILE))
     times["encoder_export_s"] = round(time.perf_counter() - t0, 2)
@@ -323,7 +327,7 @@ def parity(codec, onnx_codec, clips, overlap_seconds: float | None = None) -> li
         t4 = time.perf_counter()
         ref_codes = ref_codes.numpy()
         same = float(np.mean(codes == ref_codes)) if codes.shape == ref_codes.shape else 0.0
-        rows.append({"clip": name, "seconds": round(wav.size / codec.sample_rate, 3),
+        rows.append({"clip": name, "seconds": round(wav.size / codec.input_sample_rate, 3),
                      "frames": int(ref_codes.shape[1]), "codes_identical": same,
                      "snr_db": snr_db(ref_wav, out_wav) if out_wav.shape == ref_wav.shape else -math.inf,
                      "torch_encode_s": t1 - t0, "torch_decode_s": t2 - t1,

@@ -3,7 +3,8 @@
     from xytok.onnx_runtime import OnnxCodec
     codec = OnnxCodec("exp/onnx")          # encoder.onnx, decoder.onnx, onnx_meta.json
     codes = codec.encode(wav)              # float32 (N,) at 16 kHz -> int64 (nq, N // 1280)
-    wav = codec.decode(codes)              # (nq, T) -> float32 (1280 T,)
+    wav = codec.decode(codes)              # (nq, T) -> float32 (output_hop T,) at codec.output_sample_rate
+                                           # (1280 T at 16 kHz; 1920 T for a 24 kHz decoder)
 
 Each graph call covers at most one 30-s window. Longer inputs are cut as ``XYTokenizer.encode`` /
 ``decode`` cut them: window k starts at k * stride (stride = 30 s - overlap, 20 s by default),
@@ -31,8 +32,11 @@ class OnnxCodec:
             raise FileNotFoundError(f"{meta_path} not found: not a directory written by 'xytok export-onnx'")
         with open(meta_path) as f:
             self.meta = meta = json.load(f)
-        self.sample_rate = int(meta["sample_rate"])
+        self.sample_rate = int(meta["sample_rate"])  # encoder input (16 kHz)
         self.hop = int(meta["hop_samples"])
+        # decoder output: 24/32 kHz decoders; exports without these keys are 16 kHz in and out
+        self.output_sample_rate = int(meta.get("output_sample_rate", self.sample_rate))
+        self.output_hop = int(meta.get("output_hop_samples", self.hop))
         self.num_quantizers = int(meta["num_quantizers"])
         self.codebook_size = int(meta["codebook_size"])
         self.window_samples = int(meta["window_samples"])
@@ -67,7 +71,7 @@ class OnnxCodec:
         return self.encoder.run(["codes"], {"wav": np.ascontiguousarray(wav, dtype=np.float32)[None]})[0]
 
     def decode_window(self, codes: np.ndarray) -> np.ndarray:
-        """One window: (nq, T) with 1 <= T <= window_codes -> (hop T,) float32."""
+        """One window: (nq, T) with 1 <= T <= window_codes -> (output_hop T,) float32."""
         if not 1 <= codes.shape[1] <= self.window_codes:
             raise ValueError(f"one decoder call takes 1..{self.window_codes} code frames, got {codes.shape[1]} "
                              "(use decode() for longer inputs)")
@@ -96,7 +100,8 @@ class OnnxCodec:
         return out
 
     def decode(self, codes) -> np.ndarray:
-        """int codes (nq, T) -> float32 waveform (1280 T,), windowed as ``XYTokenizer.decode``."""
+        """int codes (nq, T) -> float32 waveform (output_hop T,) at output_sample_rate, windowed as
+        ``XYTokenizer.decode``."""
         codes = np.asarray(codes)
         if codes.ndim != 2 or codes.shape[0] != self.num_quantizers:
             raise ValueError(f"codes must be ({self.num_quantizers}, T), got shape {codes.shape}")
@@ -108,12 +113,13 @@ class OnnxCodec:
         if codes.min() < 0 or codes.max() >= self.codebook_size:
             raise ValueError(f"code values must be in [0, {self.codebook_size}), "
                              f"got range [{codes.min()}, {codes.max()}]")
-        out = np.zeros(t * self.hop, dtype=np.float32)
+        hop = self.output_hop
+        out = np.zeros(t * hop, dtype=np.float32)
         k = 0
         while k * self.keep < t:
             first = k * self.keep
             wav = self.decode_window(codes[:, first: first + self.window_codes])
-            n = min(self.keep, t - first) * self.hop
-            out[first * self.hop: first * self.hop + n] = wav[:n]
+            n = min(self.keep, t - first) * hop
+            out[first * hop: first * hop + n] = wav[:n]
             k += 1
         return out

@@ -1,6 +1,8 @@
 """XY-Tokenizer (ours; the released fdugyt/XY_Tokenizer too) behind the codec interface.
 
-16 kHz, 12.5 Hz, 8 x 1024 RVQ. Long inputs are chunked as the released encode/decode (30-s
+16 kHz in, 12.5 Hz, 8 x 1024 RVQ; out at the decoder's rate (16 kHz as released, 24/32 kHz for
+decoders retrained in stage 2): ``sample_rate`` is the rate ``encode``/``embed`` take (16 kHz),
+``output_sample_rate`` the rate ``decode`` returns. Long inputs are chunked as the released encode/decode (30-s
 windows with ``overlap_seconds`` of look-ahead, xytok.codec). ``num_quantizers`` = n keeps the
 first n RVQ layers (codes (n, T); decode sums the first n layers' codewords)."""
 from __future__ import annotations
@@ -49,13 +51,17 @@ class XYCodec(Codec):
                 raise CodecSpecError(f"cannot load the xy model {name_or_dir}: {e}")
         self.codec = codec.eval()
         self.device = codec.device
-        self.sample_rate = int(codec.sample_rate)
-        self.frame_rate = self.sample_rate / codec.code_hop
+        self.sample_rate = int(codec.input_sample_rate)  # what encode/embed take
+        self.output_sample_rate = int(codec.sample_rate)  # what decode returns
+        self.frame_rate = codec.frame_rate
         self.max_quantizers = int(codec.num_quantizers)
         self.num_quantizers = self._check_num_quantizers(num_quantizers)
         self.codebook_sizes = [int(codec.codebook_size)] * self.num_quantizers
         self.overlap_seconds = overlap_seconds
         self.batch_size = batch_size
+
+    def describe(self) -> dict:
+        return {**super().describe(), "output_sample_rate": self.output_sample_rate}
 
     @torch.inference_mode()
     def encode(self, wavs):

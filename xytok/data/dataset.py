@@ -12,6 +12,13 @@ What the model sees, and what it is told about it:
 * Lengths for bucketing come from the manifest's metadata; audio is opened only to be trained on.
 * The log-mel is computed by the task on the training device unless `data.use_feats` is true and
   the data dir has stage-3 features (feats.scp).
+* Stage 2 with a decoder at another output rate R (24/32 kHz, `target_sample_rate`): the data dir
+  holds audio at R (recipe stage 6 dumps dump/raw_<R>; its `fs` file states the rate of
+  utt2num_samples). Each item is read at R (the target the mel/GAN losses compare with) and the
+  encoder's 16 kHz input is derived from it with xytok.audio.resample, the polyphase resampler the
+  16 kHz dump uses; crops and lengths stay whole code frames at both rates (1280 input samples =
+  R/12.5 target samples). Upsampled audio (a dump below R, or 16 kHz content) is warned about;
+  `data.min_bandwidth_hz` drops items without energy near the top band.
 """
 from __future__ import annotations
 
@@ -70,8 +77,11 @@ class SpeechTextDataset(torch.utils.data.Dataset):
     def __init__(self, source: str, *, crop_seconds: Optional[float], min_seconds: float = 0.32,
                  max_utt_seconds: Optional[float] = 30.0, seed: int = 0, random_crop: bool = True,
                  max_utts: Optional[int] = None, require_text: bool = True, use_feats: bool = False,
-                 build_manifest: bool = True):
+                 build_manifest: bool = True, target_sample_rate: Optional[int] = None,
+                 min_bandwidth_hz: Optional[float] = None, bandwidth_floor_db: float = -50.0):
         self.source = str(source)
+        self.target_rate = int(target_sample_rate) if target_sample_rate and int(target_sample_rate) != SAMPLE_RATE \
+            else None
         self.manifest = Manifest(manifest_for(source, build=build_manifest))
         meta = self.manifest.meta
         self.require_text = bool(require_text)
@@ -87,6 +97,12 @@ class SpeechTextDataset(torch.utils.data.Dataset):
                             f"audio the model does not see (use whole utterances: crop_seconds=None)")
         self.use_feats = bool(use_feats)
         lengths = np.asarray(self.manifest.num_samples)
+        if self.target_rate:
+            if self.use_feats:
+                raise DataError(f"{self.source}: data.use_feats with {self.target_rate} Hz targets: the 16 kHz encoder "
+                                "input is resampled from the target audio, not read from 16 kHz features; set "
+                                "data.use_feats: false")
+            lengths = self._setup_target_rate(lengths)
         min_samples = max(CODE_HOP, int(float(min_seconds) * SAMPLE_RATE))
         keep = lengths >= min_samples
         n_short = int((~keep).sum())
@@ -107,19 +123,89 @@ class SpeechTextDataset(torch.utils.data.Dataset):
         self.index = np.flatnonzero(keep).astype(np.int64)
         if max_utts:
             self.index = self.index[: int(max_utts)]
+        if self.target_rate and min_bandwidth_hz:
+            self._filter_bandwidth(float(min_bandwidth_hz), float(bandwidth_floor_db))
         if len(self.index) == 0:
             raise DataError(f"{self.source}: no usable utterances (of {len(lengths)}: {n_short} too short, "
-                            f"{n_long} too long)")
+                            f"{n_long} too long, {self.num_dropped.get('narrowband', 0)} narrow-band)")
         self.seed = int(seed)
         self.random_crop = bool(random_crop)
+        if self.target_rate:
+            self._warn_if_upsampled()
+
+    # -- targets at another rate (stage 2, 24/32 kHz decoders) ------------------------------------
+    def _setup_target_rate(self, lengths: np.ndarray) -> np.ndarray:
+        """Rate bookkeeping for target_rate; returns the manifest lengths in 16 kHz samples (what
+        the duration filters and the sampler use)."""
+        r = self.target_rate
+        if (r * CODE_HOP) % SAMPLE_RATE:
+            raise DataError(f"{self.source}: target rate {r} Hz is not a whole number of samples per code frame "
+                            f"({CODE_HOP} samples at {SAMPLE_RATE} Hz)")
+        self.target_hop = r * CODE_HOP // SAMPLE_RATE  # target samples per code frame (1920 at 24 kHz)
+        fs_file = Path(self.source) / "fs"
+        self.dir_rate = int(fs_file.read_text().split()[0]) if fs_file.is_file() else SAMPLE_RATE
+        if self.dir_rate < r:
+            log.warning("%s: audio dumped at %d Hz is upsampled to the %d Hz targets: they hold nothing above "
+                        "%d Hz, so the decoder learns an empty top band (dump the corpus at its source rate or "
+                        "at %d Hz)", self.source, self.dir_rate, r, self.dir_rate // 2, r)
+        return (lengths.astype(np.int64) * SAMPLE_RATE) // self.dir_rate
+
+    def _band_db(self, i: int, low_hz: float) -> float:
+        from xytok.audio import band_energy_db
+
+        return band_energy_db(self._load(self.raw_item(i)), self.target_rate, low_hz)
+
+    def _warn_if_upsampled(self, probe: int = 8, floor_db: float = -60.0) -> None:
+        """Warn when the first items have no energy above 8 kHz: 16 kHz content at a higher rate."""
+        n = min(probe, len(self.index))
+        try:
+            levels = [self._band_db(i, SAMPLE_RATE / 2) for i in range(n)]
+        except ValueError as e:  # unreadable audio: reported when the item is trained on
+            log.debug("bandwidth probe skipped: %s", e)
+            return
+        empty = sum(db < floor_db for db in levels)
+        if empty == n:
+            log.warning("%s: the first %d items have < %g dB of their energy above %d Hz: 16 kHz (or lower) audio "
+                        "at %d Hz? The %d Hz decoder would learn to leave the top band empty (use audio recorded "
+                        "at >= %d Hz, or data.min_bandwidth_hz to keep only such items)", self.source, n, floor_db,
+                        SAMPLE_RATE // 2, self.target_rate, self.target_rate, self.target_rate)
+
+    def _filter_bandwidth(self, min_hz: float, floor_db: float) -> None:
+        """Keep items with more than floor_db of their energy at or above min_hz (MOSS-TTSD's choice of
+        "true" high-rate audio); opens every item once, logs the count dropped."""
+        from xytok.progress import ProgressLog
+
+        if not 0 < min_hz < self.target_rate / 2:
+            raise DataError(f"data.min_bandwidth_hz {min_hz} must be in (0, {self.target_rate // 2}) for "
+                            f"{self.target_rate} Hz targets")
+        keep = []
+        progress = ProgressLog(len(self.index), "bandwidth-checked", logger=log).update
+        for i in range(len(self.index)):
+            try:
+                keep.append(self._band_db(i, min_hz) > floor_db)
+            except ValueError as e:
+                raise DataError(f"{self.source}: utterance {self.raw_item(i)['id']!r}: {e}") from None
+            progress(i + 1)
+        keep = np.asarray(keep, dtype=bool)
+        self.num_dropped["narrowband"] = int((~keep).sum())
+        log.info("%s: data.min_bandwidth_hz %g: %d of %d items have <= %g dB of their energy above %g Hz "
+                 "and are dropped", self.source, min_hz, self.num_dropped["narrowband"], len(keep), floor_db, min_hz)
+        self.index = self.index[keep]
+
+    def _num_samples_16k(self) -> np.ndarray:
+        n = np.asarray(self.manifest.num_samples)
+        return n if not self.target_rate else (n.astype(np.int64) * SAMPLE_RATE) // self.dir_rate
 
     def item_length(self, i: int) -> int:
-        """Samples after crop/alignment: what the sampler budgets."""
-        n = (int(self.manifest.num_samples[self.index[i]]) // CODE_HOP) * CODE_HOP
+        """16 kHz samples after crop/alignment: what the sampler budgets."""
+        n = int(self.manifest.num_samples[self.index[i]])
+        if self.target_rate:
+            n = n * SAMPLE_RATE // self.dir_rate
+        n = (n // CODE_HOP) * CODE_HOP
         return min(n, self.crop) if self.crop else n
 
     def lengths(self) -> np.ndarray:
-        n = (np.asarray(self.manifest.num_samples)[self.index] // CODE_HOP) * CODE_HOP
+        n = (self._num_samples_16k()[self.index] // CODE_HOP) * CODE_HOP
         return np.minimum(n, self.crop) if self.crop else n
 
     def groups(self) -> np.ndarray:
@@ -135,7 +221,7 @@ class SpeechTextDataset(torch.utils.data.Dataset):
     def _load(self, meta: Dict[str, Any]) -> np.ndarray:
         from xytok.audio import load_audio
 
-        wav, _ = load_audio(meta["audio"], target_sr=SAMPLE_RATE, utt=meta["id"])
+        wav, _ = load_audio(meta["audio"], target_sr=self.target_rate or SAMPLE_RATE, utt=meta["id"])
         if "offset" in meta:  # a segment of a longer recording
             off = int(meta["offset"])
             wav = wav[off:off + int(meta["num_samples"])]
@@ -149,6 +235,8 @@ class SpeechTextDataset(torch.utils.data.Dataset):
             wav = self._load(meta)
         except ValueError as e:
             raise DataError(f"{self.source}: utterance {utt!r}: {e}") from None
+        if self.target_rate:
+            return self._target_item(index, epoch, meta, wav)
         usable = (len(wav) // CODE_HOP) * CODE_HOP
         if usable == 0:
             raise DataError(f"{self.source}: utterance {utt!r}: audio has {len(wav)} samples, "
@@ -176,6 +264,31 @@ class SpeechTextDataset(torch.utils.data.Dataset):
         return item
 
 
+    def _target_item(self, index: int, epoch: int, meta: Dict[str, Any], target: np.ndarray) -> Dict[str, Any]:
+        """An item whose audio is at target_rate: `target_wav` (R Hz) and `wav`, its 16 kHz encoder input
+        (the whole utterance resampled, then cut at the same code frames as the target)."""
+        from xytok.audio import resample
+
+        utt, hop = meta["id"], self.target_hop
+        if "offset" in meta:
+            raise DataError(f"{self.source}: utterance {utt!r}: segments (offsets) are not supported with "
+                            f"{self.target_rate} Hz targets; cut the audio when preparing the data dir")
+        frames = len(target) // hop
+        if frames == 0:
+            raise DataError(f"{self.source}: utterance {utt!r}: audio has {len(target)} samples at "
+                            f"{self.target_rate} Hz, shorter than one code frame ({hop})")
+        wav16 = resample(target[: frames * hop], self.target_rate, SAMPLE_RATE)  # frames * 1280 samples
+        keep = min(frames, self.crop // CODE_HOP) if self.crop else frames
+        first = 0
+        if self.crop and self.random_crop and frames > keep:
+            rng = np.random.default_rng([self.seed, int(epoch), int(self.index[index])])
+            first = int(rng.integers(0, frames - keep + 1))
+        return {"utt_id": utt,
+                "wav": torch.from_numpy(wav16[first * CODE_HOP:(first + keep) * CODE_HOP].copy()),
+                "target_wav": torch.from_numpy(target[first * hop:(first + keep) * hop].copy()),
+                "text": None, "start": first * CODE_HOP, "num_samples": keep * CODE_HOP}
+
+
 def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
     lengths = torch.tensor([len(it["wav"]) for it in items], dtype=torch.long)
     wav = torch.zeros(len(items), int(lengths.max()))
@@ -185,6 +298,12 @@ def collate(items: List[Dict[str, Any]]) -> Dict[str, Any]:
              "text": [it["text"] if it["text"] is not None else "" for it in items],
              "has_text": all(it["text"] is not None for it in items),
              "starts": [it["start"] for it in items]}
+    if all("target_wav" in it for it in items):  # stage 2 at another output rate
+        t_lengths = torch.tensor([len(it["target_wav"]) for it in items], dtype=torch.long)
+        target = torch.zeros(len(items), int(t_lengths.max()))
+        for i, it in enumerate(items):
+            target[i, : len(it["target_wav"])] = it["target_wav"]
+        batch["target_wav"], batch["target_lengths"] = target, t_lengths
     if all("mel" in it for it in items):
         mel_lengths = torch.tensor([it["mel"].shape[1] for it in items], dtype=torch.long)
         mel = torch.zeros(len(items), 80, int(mel_lengths.max()))
@@ -198,9 +317,11 @@ _DATASETS: Dict[Tuple[str, bool], SpeechTextDataset] = {}
 
 
 def build_dataset(data_dir: str, config: Dict[str, Any], train: bool,
-                  build_manifest: bool = True) -> SpeechTextDataset:
-    """Cached per (dir, train) so epochs don't re-open the manifest."""
-    key = (str(data_dir), train)
+                  build_manifest: bool = True, target_sample_rate: Optional[int] = None) -> SpeechTextDataset:
+    """Cached per (dir, train, target rate) so epochs don't re-open the manifest. `target_sample_rate`
+    (stage 2, a decoder at another output rate): items carry `target_wav` at that rate (see the
+    module docstring); data.min_bandwidth_hz / data.bandwidth_floor_db filter them."""
+    key = (str(data_dir), train) if not target_sample_rate else (str(data_dir), train, int(target_sample_rate))
     if key not in _DATASETS:
         check_data_config(config)
         d = config["data"]
@@ -215,6 +336,9 @@ def build_dataset(data_dir: str, config: Dict[str, Any], train: bool,
             require_text=uses_text(config),
             use_feats=bool(d.get("use_feats", False)),
             build_manifest=build_manifest,
+            target_sample_rate=target_sample_rate,
+            min_bandwidth_hz=d.get("min_bandwidth_hz") if train else None,
+            bandwidth_floor_db=float(d.get("bandwidth_floor_db", -50.0)),
         )
     return _DATASETS[key]
 

@@ -18,11 +18,23 @@ update (discriminators join at `disc_start_step`; before that the generator sees
 
 post_rvq_adapter is frozen by default: the paper only names the acoustic decoder (+ Vocos) as
 trainable in stage 2, and the released code groups post_rvq_adapter with the shared RVQ block.
+
+Output rate (24/32 kHz decoders, as the authors' MOSS-TTSD tokenizers): `generator_overrides` sets
+the released TTSD rate fields (output_sample_rate, decoder_upsample_rate) and the Vocos n_fft /
+hop_size. The encoder still sees 16 kHz: the data dir holds audio at the output rate R (recipe
+stage 6 dumps dump/raw_<R>), each item is the target at R and its 16 kHz encoder input is derived
+with xytok.audio.resample (xytok.data.dataset). The mel loss (default resolutions scaled by R/16k,
+mel bands up to R/2), the discriminator windows (set in the config) and disc_segment_seconds work
+at R. The Vocos ISTFT head of the new rate starts from the 16 kHz one (`vocos_head_init: extend`):
+with n_fft/hop scaled by R/16k the bins keep their 25 Hz spacing, so the old rows are copied
+(log-magnitude + log(R/16k) for the longer inverse FFT) and the bins above 8 kHz start silent: at
+step 0 the decoder outputs the 16 kHz decoder's audio at R; `fresh` keeps a random head.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -33,13 +45,36 @@ import yaml
 from xytok.checkpoint import codec_weights
 from xytok.gan import Discriminators, feature_matching_loss, get_adversarial_losses
 from xytok.gan.losses import check_reduction
-from xytok.losses import MultiScaleMelLoss
-from xytok.pretrained import write_pretrained
+from xytok.losses import DEFAULT_RESOLUTIONS, MultiScaleMelLoss, scaled_resolutions
+from xytok.pretrained import resolve_rates, write_pretrained
 from xytok.train.config import deep_merge
 from xytok.train.optim import build_optimizer
 from xytok.train.task import Task
 
 log = logging.getLogger("xytok.train")
+SAMPLE_RATE = 16000  # the encoder's input rate
+
+
+def new_nfft_expected(old_nfft: int, ratio: float) -> int:
+    """n_fft of the same window duration at `ratio` times the rate (bins keep their spacing)."""
+    return int(round(old_nfft * ratio))
+
+
+def config_output_rate(path: str) -> int:
+    """Output rate a stage-2 training YAML asks for (recipe stage 6 picks the dump with it):
+    generator_overrides' rate fields / Vocos hop over generator_params (or 16000 when the config
+    leaves the decoder as it is)."""
+    with open(path) as f:
+        conf = yaml.safe_load(f) or {}
+    over = conf.get("generator_overrides") or {}
+    if isinstance(over.get("output_sample_rate"), int):
+        return int(over["output_sample_rate"])
+    base = conf.get("generator_params") or {}
+    if not base and not over:
+        return SAMPLE_RATE
+    vocos = {**(base.get("vocos_kwargs") or {}), **(over.get("vocos_kwargs") or {})}
+    hop = int(vocos.get("hop_size", 160))
+    return SAMPLE_RATE * hop // 160
 
 # Always frozen in stage 2: everything that decides the codes.
 TOKENIZER_MODULES = ("semantic_encoder", "semantic_encoder_adapter", "acoustic_encoder",
@@ -158,9 +193,13 @@ class Stage2Task(Task):
             "mel_weight": 15.0,
             "adv_weight": 1.0,
             "feat_match_weight": 2.0,
-            # (n_fft, hop, n_mels) of the multi-scale mel loss; null = xytok.losses defaults
+            # (n_fft, hop, n_mels) of the multi-scale mel loss at the output rate; null = xytok.losses
+            # defaults (n_fft and hop scaled by output rate / 16 kHz)
             "mel_resolutions": None,
         },
+        # Vocos ISTFT head of a decoder at another output rate: extend (from the 16 kHz head, see the
+        # module docstring) | fresh (random)
+        "vocos_head_init": "extend",
         "optim": {
             "generator": {"type": "adamw", "lr": 1.0e-5, "betas": [0.8, 0.99], "weight_decay": 0.0},
             "discriminator": {"type": "adamw", "lr": 1.0e-4, "betas": [0.8, 0.99], "weight_decay": 0.0},
@@ -178,14 +217,23 @@ class Stage2Task(Task):
         self.gan_reduction = check_reduction(self.loss_conf.get("gan_reduction", "sum"))
         log.info("stage 2: %s adversarial + feature-matching losses, %s over sub-discriminators "
                  "(loss.gan_reduction)", adv, self.gan_reduction)
-        res = self.loss_conf.get("mel_resolutions")
-        self.mel_loss = MultiScaleMelLoss(res) if res else MultiScaleMelLoss()
-        self.disc_start_step = int(config.get("disc_start_step", 0))
-        seg = config.get("disc_segment_seconds")
-        self.disc_segment = int(round(float(seg) * 16000)) if seg else None
         self.seed = int(config.get("seed", 0))
         self.generator_params = self._resolve_generator_params()
+        rates = resolve_rates(self.generator_params, "stage 2 generator_params")
+        self.output_rate = rates["output_sample_rate"]
+        res = self.loss_conf.get("mel_resolutions") or scaled_resolutions(DEFAULT_RESOLUTIONS, self.output_rate)
+        self.mel_loss = MultiScaleMelLoss(res, sample_rate=self.output_rate)
+        self.disc_start_step = int(config.get("disc_start_step", 0))
+        seg = config.get("disc_segment_seconds")
+        self.disc_segment = int(round(float(seg) * self.output_rate)) if seg else None
         self._checked_init = False
+        self._logged_rates = False
+        if self.output_rate != SAMPLE_RATE:
+            log.info("stage 2: decoder output %d Hz (vocos n_fft %s, hop %s; %d samples per code frame), encoder "
+                     "input %d Hz; mel loss at %d Hz: %s", self.output_rate,
+                     self.generator_params["vocos_kwargs"].get("n_fft"),
+                     self.generator_params["vocos_kwargs"].get("hop_size"), rates["decoder_upsample_rate"],
+                     rates["input_sample_rate"], self.output_rate, [list(map(int, r)) for r in res])
 
     # -- construction -------------------------------------------------------------------------
     def _resolve_generator_params(self) -> Dict[str, Any]:
@@ -207,7 +255,16 @@ class Stage2Task(Task):
                 raise ValueError(f"generator_overrides.{k} must be a mapping, got {v!r}")
         if overrides:
             log.info("stage 2: generator_overrides applied: %s", overrides)
-        return deep_merge(params, overrides)
+        merged = deep_merge(params, overrides)
+        if "sample_rate" in params and "sample_rate" not in overrides and overrides:
+            # the legacy one-rate field of a 16 kHz stage-1 config follows the overridden decoder
+            rates = resolve_rates({k: v for k, v in merged.items() if k != "sample_rate"},
+                                  "stage 2 generator_params (generator_config + generator_overrides)")
+            if merged["sample_rate"] != rates["output_sample_rate"]:
+                log.info("stage 2: sample_rate %s -> %d (the decoder's output rate after generator_overrides)",
+                         merged["sample_rate"], rates["output_sample_rate"])
+                merged["sample_rate"] = rates["output_sample_rate"]
+        return merged
 
     def _base_generator_params(self) -> Dict[str, Any]:
         """`generator_config` (the config.yaml of the model --init_param loads, e.g. recipe stage 6's
@@ -235,6 +292,20 @@ class Stage2Task(Task):
         codec = make_stage2_codec(codec, bool(self.config.get("train_post_rvq_adapter", False)))
         discriminators = Discriminators(copy.deepcopy(self.config.get("discriminators")))
         return {"generator": codec, "discriminator": discriminators}
+
+    def build_dataset(self, data_dir: str, config: Dict[str, Any], train: bool):
+        """The default datasets at 16 kHz; at another output rate, items with `target_wav` at that rate
+        and their 16 kHz encoder input (xytok.data.dataset)."""
+        from xytok.data.dataset import build_dataset
+
+        rate = None if self.output_rate == SAMPLE_RATE else self.output_rate
+        dataset = build_dataset(data_dir, config, train, target_sample_rate=rate)
+        if rate and not self._logged_rates:
+            self._logged_rates = True
+            src = f"resampled from {rate}" if dataset.dir_rate == rate else \
+                f"resampled from {rate}, itself resampled from the {dataset.dir_rate} Hz dump"
+            log.info("stage 2: encoder input %d Hz (%s), targets %d Hz (%s)", SAMPLE_RATE, src, rate, data_dir)
+        return dataset
 
     def build_optimizers(self, models):
         optim_conf = self.config.get("optim", {})
@@ -277,11 +348,14 @@ class Stage2Task(Task):
         if unexpected:
             log.warning("--init_param: ignoring %d unexpected keys that are not codec weights (e.g. %s)",
                         len(unexpected), unexpected[:3])
+        extended = self._extend_vocos_head(sd, own, fresh)
+        fresh = [k for k in fresh if k not in extended]
         if fresh:
             log.info("--init_param: %d decoder weights changed by generator_overrides start fresh: %s",
                      len(fresh), ", ".join(fresh[:8]) + (" ..." if len(fresh) > 8 else ""))
         try:
-            codec.load_state_dict({k: (own[k] if k in fresh else sd[k]) for k in own}, strict=True)
+            codec.load_state_dict({k: (extended[k] if k in extended else own[k] if k in fresh else sd[k])
+                                   for k in own}, strict=True)
         except RuntimeError as e:
             raise ValueError(f"--init_param: codec weights do not fit this architecture: {e}") from e
         if "discriminator" in sources:
@@ -290,6 +364,45 @@ class Stage2Task(Task):
         _check_quantizer_trained(codec, "--init_param")
         self._checked_init = True
         log.info("--init_param: codec loaded; frozen: %s", ", ".join(codec.frozen_modules))
+
+    def _extend_vocos_head(self, sd, own, fresh) -> Dict[str, torch.Tensor]:
+        """Initial ISTFT-head weights of a decoder at another rate, from the checkpoint's head
+        (`vocos_head_init: extend`; module docstring). {} when not applicable (same head, `fresh`,
+        or the two STFTs do not share bin spacing and hop duration)."""
+        w_key, b_key = "vocos.head.out.weight", "vocos.head.out.bias"
+        mode = self.config.get("vocos_head_init", "extend")
+        if mode not in ("extend", "fresh"):
+            raise ValueError(f"vocos_head_init must be extend or fresh, got {mode!r}")
+        if mode == "fresh" or w_key not in fresh or w_key not in sd or b_key not in sd:
+            return {}
+        old_bins, new_bins = sd[w_key].shape[0] // 2, own[w_key].shape[0] // 2
+        old_rate, new_rate = self._init_output_rate(), self.output_rate
+        new_vocos = self.generator_params["vocos_kwargs"]
+        old_nfft = 2 * (old_bins - 1)
+        ratio = new_rate / old_rate
+        if ratio <= 1 or 2 * (new_bins - 1) != new_nfft_expected(old_nfft, ratio) or \
+                int(new_vocos.get("n_fft", 0)) != 2 * (new_bins - 1) or sd[w_key].shape[1] != own[w_key].shape[1]:
+            log.info("--init_param: vocos head %d -> %d bins at %d -> %d Hz: no common bin grid, it starts fresh",
+                     old_bins, new_bins, old_rate, new_rate)
+            return {}
+        w, b = own[w_key].clone(), own[b_key].clone()
+        w[:old_bins], b[:old_bins] = sd[w_key][:old_bins], sd[b_key][:old_bins] + math.log(ratio)
+        w[old_bins:new_bins] = 0.0
+        b[old_bins:new_bins] = math.log(1e-5)  # silent above the old Nyquist
+        w[new_bins:new_bins + old_bins], b[new_bins:new_bins + old_bins] = sd[w_key][old_bins:], sd[b_key][old_bins:]
+        w[new_bins + old_bins:], b[new_bins + old_bins:] = 0.0, 0.0
+        log.info("--init_param: vocos ISTFT head extended from %d Hz (n_fft %d) to %d Hz (n_fft %d): bins 0-%d Hz "
+                 "copied (log-magnitude + log %.3g), %d-%d Hz start silent (vocos_head_init: extend)", old_rate,
+                 old_nfft, new_rate, 2 * (new_bins - 1), old_rate // 2, ratio, old_rate // 2, new_rate // 2)
+        out = {w_key: w, b_key: b}
+        window = "vocos.head.istft.window"
+        if window in fresh:
+            out[window] = own[window]  # a Hann window of the new n_fft, as built
+        return out
+
+    def _init_output_rate(self) -> int:
+        """Output rate of the model --init_param loads (its config before generator_overrides)."""
+        return resolve_rates(self._base_generator_params(), "generator_config")["output_sample_rate"]
 
     # -- helpers ------------------------------------------------------------------------------
     @staticmethod
@@ -302,11 +415,14 @@ class Stage2Task(Task):
 
     @staticmethod
     def _aligned_targets(batch, wav_hat: torch.Tensor):
-        """Reference and generated audio cut to a common length, zeroed past each item's end."""
-        n = min(wav_hat.shape[-1], batch["wav"].shape[-1])
-        lengths = batch["wav_lengths"].clamp(max=n)
+        """Reference and generated audio cut to a common length, zeroed past each item's end. The
+        reference is `target_wav` (the output rate) when the batch has one, else the input wav."""
+        ref, ref_lengths = (batch["target_wav"], batch["target_lengths"]) if "target_wav" in batch \
+            else (batch["wav"], batch["wav_lengths"])
+        n = min(wav_hat.shape[-1], ref.shape[-1])
+        lengths = ref_lengths.to(wav_hat.device).clamp(max=n)
         mask = (torch.arange(n, device=wav_hat.device)[None, :] < lengths[:, None]).to(wav_hat.dtype)
-        return batch["wav"][:, :n] * mask, wav_hat[:, :n] * mask, lengths
+        return ref[:, :n].to(wav_hat.device) * mask, wav_hat[:, :n] * mask, lengths
 
     def _disc_windows(self, wav: torch.Tensor, wav_hat: torch.Tensor, lengths: torch.Tensor, step: int):
         """Same random window of `disc_segment` samples from each reference/generated pair (inside
@@ -413,10 +529,13 @@ class Stage2Task(Task):
         sample_dir = Path(ctx.exp_dir) / "samples" / f"step{step}"
         sample_dir.mkdir(parents=True, exist_ok=True)
         spec = self.mel_loss.to(out["wav"].device).mels[len(self.mel_loss.mels) // 2]
+        refs, ref_lengths = (batch["target_wav"], batch["target_lengths"]) if "target_wav" in batch \
+            else (batch["wav"], batch["wav_lengths"])
+        sr = self.output_rate
         for i in range(num):
             utt = batch["utt_ids"][i]
-            n = int(min(batch["wav_lengths"][i], out["wav"].shape[-1]))
-            ref = batch["wav"][i, :n].float()
+            n = int(min(ref_lengths[i], out["wav"].shape[-1]))
+            ref = refs[i, :n].float().to(out["wav"].device)
             gen = out["wav"][i, :n].float()
             images = [spec(w[None])[0].cpu().numpy() for w in (ref, gen)]
             ref, gen = ref.cpu(), gen.cpu()
@@ -428,11 +547,11 @@ class Stage2Task(Task):
             reporter.add_image(f"examples/{i}", fig, step,
                                Path(ctx.exp_dir) / "images" / f"step{step}_{utt}.png")
             plt.close(fig)
-            sf.write(sample_dir / f"{utt}_ref.wav", ref.numpy(), 16000)
-            sf.write(sample_dir / f"{utt}_gen.wav", gen.clamp(-1, 1).numpy(), 16000)
+            sf.write(sample_dir / f"{utt}_ref.wav", ref.numpy(), sr)
+            sf.write(sample_dir / f"{utt}_gen.wav", gen.clamp(-1, 1).numpy(), sr)
             if reporter.writer is not None:
-                reporter.writer.add_audio(f"audio/{i}_gen", gen.clamp(-1, 1), step, sample_rate=16000)
-                reporter.writer.add_audio(f"audio/{i}_ref", ref.clamp(-1, 1), step, sample_rate=16000)
+                reporter.writer.add_audio(f"audio/{i}_gen", gen.clamp(-1, 1), step, sample_rate=sr)
+                reporter.writer.add_audio(f"audio/{i}_ref", ref.clamp(-1, 1), step, sample_rate=sr)
 
     # -- export -------------------------------------------------------------------------------
     def export(self, ctx, out_dir: Path) -> None:
@@ -441,3 +560,4 @@ class Stage2Task(Task):
         state = ctx.raw_models["generator"].state_dict()
         write_pretrained(state, self.generator_params, out_dir)
         log.info("exported stage-2 codec to %s (%d tensors)", out_dir, len(state))
+
