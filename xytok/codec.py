@@ -419,6 +419,16 @@ class XYTokenizer(nn.Module):
                 progress(min(b0 + batch_size, len(codes_list)), len(codes_list))
         return results
 
+    def decode_stream(self, codes, frames_per_push: int | None = None, overlap_seconds: float = 10,
+                      num_quantizers: int | None = None):
+        """Streaming decode of one utterance (a decoder trained causal in stage 2): yields 1-D audio
+        pieces as soon as they are final; together they equal ``decode([codes], ...)[0]`` (<= 1e-4).
+        ``codes``: (nq, T) fed ``frames_per_push`` frames at a time, or an iterable of (nq, n) pieces.
+        A non-causal model raises NotStreamableError. See xytok.streaming (latency, > 30 s)."""
+        from xytok.streaming import decode_stream
+
+        return decode_stream(self, codes, frames_per_push, overlap_seconds, num_quantizers)
+
 
 def _read_config(config) -> dict:
     if isinstance(config, (str, os.PathLike)):

@@ -1,5 +1,11 @@
 """Acoustic decoder: masked Transformer at 50 Hz, then two transposed convs up to 100 Hz mel-like
-features (GELU-activated, 80 channels) for the Vocos vocoder."""
+features (GELU-activated, 80 channels) for the Vocos vocoder.
+
+Streaming option: ``causal=True, chunk_frames=F`` (50 Hz frames; F = 4 x the post-RVQ adapter's
+chunk for the released x4 upsample) makes the Transformer strictly chunk-causal (no look-ahead: that
+is the adapter's first layer's job, xytok.nn.transformer). The two transposed convs are causal
+already: output step n of deconv1 (k3, s2) reads inputs <= n // 2, deconv2 (k3, s1) reads <= n.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ class AudioDecoder(TransformerStack):
                  stride_size: int = 2, kernel_size: int = 3, d_model: int = 768,
                  scale_embedding: bool = False, max_audio_seconds: int = 30, decoder_layers: int = 12,
                  decoder_attention_heads: int = 12, decoder_ffn_dim: int = 3072,
-                 activation_function: str = "gelu"):
+                 activation_function: str = "gelu", causal: bool = False, chunk_frames: int = 0):
         super().__init__()
         if activation_function != "gelu":
             raise ValueError(f"only activation_function='gelu' is supported, got {activation_function!r}")
@@ -24,7 +30,8 @@ class AudioDecoder(TransformerStack):
         self.deconv1 = nn.ConvTranspose1d(d_model, d_model, kernel_size, stride=stride_size)
         self.deconv2 = nn.ConvTranspose1d(d_model, num_mel_bins, kernel_size, stride=1)
         max_positions = max_audio_seconds * sampling_rate // hop_length // stride_size
-        self.build_stack(d_model, decoder_layers, decoder_attention_heads, decoder_ffn_dim, max_positions)
+        self.build_stack(d_model, decoder_layers, decoder_attention_heads, decoder_ffn_dim, max_positions,
+                         causal, chunk_frames)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
         """x (B, D, T) -> (features (B, 80, 2T), lengths * 2)."""

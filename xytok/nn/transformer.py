@@ -4,6 +4,12 @@ Behaviour (golden README section 6): pre-LN (eps 1e-5), exact-erf GELU, multi-he
 a bias-free k projection, the query scaled by head_dim^-0.5 after its projection, additive
 masking with float32's most negative finite value wherever query OR key is padded (padded query
 rows get uniform attention and are zeroed afterwards), no causal mask.
+
+Streaming option (default off, so released models are untouched): ``causal=True`` with
+``chunk_frames=C`` makes attention chunk-causal: a frame of chunk c = t // C attends to every frame
+of chunks <= c. ``lookahead_frames=K`` lets the FIRST layer also see the K frames after its chunk;
+later layers stay strictly chunk-causal, so the look-ahead does not compound with depth: the output
+of chunk c depends on inputs up to (c + 1) C + K - 1 and on nothing later (xytok.streaming).
 """
 
 from __future__ import annotations
@@ -34,11 +40,35 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
-def attention_bias(valid: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """(B, T) valid mask -> (B, 1, T, T) additive bias: 0 where query and key are valid, else min."""
+def attention_bias(valid: torch.Tensor, dtype=torch.float32, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) valid mask -> (B, 1, T, T) additive bias: 0 where query and key are valid, else min.
+
+    ``allowed`` (T, T) bool [query, key], e.g. ``chunk_causal_allowed``, masks further pairs."""
     pair = valid[:, None, :, None] & valid[:, None, None, :]
+    if allowed is not None:
+        pair = pair & allowed
     bias = torch.zeros(pair.shape, dtype=dtype, device=valid.device)
     return bias.masked_fill(~pair, torch.finfo(dtype).min)
+
+
+def chunk_causal_allowed(length: int, chunk_frames: int, lookahead_frames: int = 0,
+                         device=None) -> torch.Tensor:
+    """(T, T) bool [query, key]: key j is visible to query i iff j < (i // C + 1) * C + K."""
+    steps = torch.arange(length, device=device)
+    limit = (steps // chunk_frames + 1) * chunk_frames + lookahead_frames
+    return steps[None, :] < limit[:, None]
+
+
+def check_causal_options(owner: str, causal: bool, chunk_frames: int, lookahead_frames: int) -> None:
+    if not isinstance(causal, bool):
+        raise ValueError(f"{owner}: causal must be true or false, got {causal!r}")
+    if not causal:
+        if chunk_frames or lookahead_frames:
+            raise ValueError(f"{owner}: chunk_frames / lookahead_frames need causal: true")
+        return
+    for name, value, low in (("chunk_frames", chunk_frames, 1), ("lookahead_frames", lookahead_frames, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{owner}: {name} must be an integer >= {low} with causal: true, got {value!r}")
 
 
 class MultiHeadAttention(nn.Module):
@@ -94,8 +124,11 @@ class TransformerStack(nn.Module):
     state-dict order follows the released one (e.g. proj / conv1 / conv2 before layers).
     """
 
-    def build_stack(self, d_model: int, num_layers: int, num_heads: int, ffn_dim: int, max_positions: int):
+    def build_stack(self, d_model: int, num_layers: int, num_heads: int, ffn_dim: int, max_positions: int,
+                    causal: bool = False, chunk_frames: int = 0, lookahead_frames: int = 0):
+        check_causal_options(type(self).__name__, causal, chunk_frames, lookahead_frames)
         self.d_model, self.max_positions = d_model, max_positions
+        self.causal, self.chunk_frames, self.lookahead_frames = causal, chunk_frames, lookahead_frames
         self.register_buffer("positional_embedding", sinusoids(max_positions, d_model))
         self.layers = nn.ModuleList(TransformerLayer(d_model, num_heads, ffn_dim) for _ in range(num_layers))
         self.layer_norm = nn.LayerNorm(d_model)
@@ -108,8 +141,14 @@ class TransformerStack(nn.Module):
                              "positional table (inputs must be chunked to <= 30 s)")
         h = h + self.positional_embedding[:t].to(h.dtype)
         valid = length_mask(lengths.to(h.device), t)
-        bias = attention_bias(valid, h.dtype)
-        for layer in self.layers:
+        if not self.causal:
+            biases = [attention_bias(valid, h.dtype)] * len(self.layers)
+        else:  # look-ahead in the first layer only (see the module docstring)
+            strict = attention_bias(valid, h.dtype, chunk_causal_allowed(t, self.chunk_frames, 0, h.device))
+            first = attention_bias(valid, h.dtype, chunk_causal_allowed(
+                t, self.chunk_frames, self.lookahead_frames, h.device)) if self.lookahead_frames else strict
+            biases = [first] + [strict] * (len(self.layers) - 1)
+        for layer, bias in zip(self.layers, biases):
             h = layer(h, bias)
         h = self.layer_norm(h)
         return h * valid[:, :, None].to(h.dtype)
@@ -120,15 +159,17 @@ class Transformer(TransformerStack):
 
     forward(x (B, input_dim, T), lengths (B,)) -> (y (B, output_dim, T), lengths). Padded steps of
     y are zero, or equal the out_proj bias where out_proj exists (as released).
+    ``causal`` / ``chunk_frames`` / ``lookahead_frames``: the streaming option (module docstring).
     """
 
     def __init__(self, input_dim: int, output_dim: int, d_model: int, max_source_positions: int = 1500,
-                 encoder_layers: int = 4, encoder_attention_heads: int = 12, encoder_ffn_dim: int = 3072):
+                 encoder_layers: int = 4, encoder_attention_heads: int = 12, encoder_ffn_dim: int = 3072,
+                 causal: bool = False, chunk_frames: int = 0, lookahead_frames: int = 0):
         super().__init__()
         # proj/out_proj exist only when the width changes (released key set).
         self.proj = nn.Linear(input_dim, d_model) if input_dim != d_model else None
         self.build_stack(d_model, encoder_layers, encoder_attention_heads, encoder_ffn_dim,
-                         max_source_positions)
+                         max_source_positions, causal, chunk_frames, lookahead_frames)
         self.out_proj = nn.Linear(d_model, output_dim) if output_dim != d_model else None
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor):
