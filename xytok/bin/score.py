@@ -6,6 +6,9 @@ Example:
 
 Writes OUT/utt_scores.tsv, OUT/summary.json, OUT/wer.txt (Kaldi %WER form), OUT/asr_{ref,hyp}.txt.
 Multi-channel inputs are downmixed to mono (mean of channels) and counted in summary.json.
+--metrics ...,utmos scores the UTMOS22 strong learner on reconstructions (utmos) and references
+(utmos_ref); weights from --utmos_model (default: SpeechMOS' release URL, fetched once into the torch
+hub cache; offline, pass the downloaded .pt).
 
 Languages: --asr_language xx (ISO code; a region such as zh-CN is dropped) is the language Whisper
 transcribes (pocketsphinx and hubert are English-only). The `wer` metric is then a corpus CER for
@@ -19,7 +22,7 @@ language, the metric and the normaliser.
       --asr_backend whisper --asr_language zh       # -> %CER, normaliser basic_multilingual
 
 Exit status: 0 when every metric scored at least one utterance (per-utterance failures are recorded
-in summary.json); 2 for bad arguments or an ASR/SIM model that cannot be built (checked before any
+in summary.json); 2 for bad arguments or an ASR/SIM/UTMOS model that cannot be built (checked before any
 scoring, the message names the metric, backend and model); 1 when a metric scored no utterance at
 all (the outputs are still written; the message gives the most common failure reason).
 """
@@ -39,7 +42,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--hyp", required=True, help="reconstruction wav.scp or directory, matched by utterance id")
     p.add_argument("--text", default=None, help="Kaldi text of the references: adds transcript-based WER rows")
     p.add_argument("--metrics", default=DEFAULT_METRICS,
-                   help="comma-separated subset of pesq_wb,pesq_nb,stoi,estoi,sim,wer,dnsmos "
+                   help="comma-separated subset of pesq_wb,pesq_nb,stoi,estoi,sim,wer,dnsmos,utmos "
                         f"(default {DEFAULT_METRICS})")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--nj", type=int, default=1, help="parallel processes (one thread each)")
@@ -66,7 +69,13 @@ def get_parser() -> argparse.ArgumentParser:
                    help="whisper_english: JSON file of Whisper's British->American spelling map (english.json of "
                         "openai-whisper, normalizer.json of the openai/whisper-* checkpoints); default: found "
                         "in the openai-whisper package or fetched from openai/whisper-large-v3")
-    p.add_argument("--device", default="cpu", help="torch device for ASR/SIM models (cpu, cuda, cuda:0)")
+    p.add_argument("--utmos_model", default=None,
+                   help="utmos: UTMOS22 strong weights, a local .pt (SpeechMOS utmos22_strong_step7459_v1.pt layout), "
+                        "an http(s) URL (downloaded once into the torch hub cache) or utmos22_strong (default: "
+                        "the SpeechMOS v1.0.0 release URL)")
+    p.add_argument("--utmos_batch_seconds", type=float, default=60.0,
+                   help="utmos: padded audio per batch (utterances of similar length batched, padding masked)")
+    p.add_argument("--device", default="cpu", help="torch device for ASR/SIM/UTMOS models (cpu, cuda, cuda:0)")
     p.add_argument("--align_max_lag_ms", type=float, default=0.0,
                    help="shift each reconstruction by its cross-correlation lag within ±this many ms before "
                         "PESQ/STOI (codecs that delay their output; the lag is recorded); 0 = truncation only")
@@ -100,6 +109,7 @@ def main(argv=None) -> int:
         return 2
     cfg = ScoreConfig(metrics=metrics, asr_backend=args.asr_backend, asr_model=args.asr_model,
                       sim_backend=args.sim_backend, sim_model=args.sim_model, device=args.device,
+                      utmos_model=args.utmos_model, utmos_batch_seconds=args.utmos_batch_seconds,
                       max_lag_ms=args.align_max_lag_ms, asr_language=args.asr_language, asr_metric=args.asr_metric)
     logging.getLogger("xytok.score").info("scoring %d references against %s (%d entries), metrics %s, nj=%d",
                                           len(ref_list), args.hyp, len(hyp_list), ",".join(metrics), args.nj)

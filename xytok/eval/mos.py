@@ -7,7 +7,7 @@ are tiled to 9.01 s and longer ones averaged over 9.01 s windows with a 1 s hop,
 the P.835 outputs go through DNSMOS's polynomial calibration. Per utterance:
   dnsmos = OVRL of the reconstruction, dnsmos_sig / dnsmos_bak / dnsmos_p808 = its SIG/BAK/P.808,
   dnsmos_ref = OVRL of the reference (the ceiling the codec is judged against).
-UTMOS is not here: speechmos ships no UTMOS model.
+UTMOS (the UTMOS22 strong learner; speechmos ships no UTMOS model) is xytok.eval.utmos.
 """
 from __future__ import annotations
 
@@ -26,11 +26,15 @@ class MosError(Exception):
     pass
 
 
+# MOS metrics scored on both sides: the metric -> its per-utterance keys (reconstruction first)
+EXPANDED_KEYS = {"dnsmos": DNSMOS_KEYS, "utmos": ("utmos", "utmos_ref")}
+
+
 def output_columns(metrics) -> list:
-    """The scored metric list with `dnsmos` expanded into all its per-utterance keys."""
+    """The scored metric list with `dnsmos`/`utmos` expanded into all their per-utterance keys."""
     out = []
     for m in metrics:
-        out += list(DNSMOS_KEYS) if m == "dnsmos" else [m]
+        out += list(EXPANDED_KEYS.get(m, (m,)))
     return out
 
 

@@ -123,7 +123,8 @@ def find_config(exp_dir: Path, probe: dict | None) -> str | None:
 
 
 # Table column -> summary.json metric, for the per-metric N.
-COLUMN_METRICS = {"SIM": "sim", "STOI": "stoi", "PESQ-NB": "pesq_nb", "PESQ-WB": "pesq_wb", "DNSMOS": "dnsmos"}
+COLUMN_METRICS = {"SIM": "sim", "STOI": "stoi", "PESQ-NB": "pesq_nb", "PESQ-WB": "pesq_wb", "DNSMOS": "dnsmos",
+                  "UTMOS": "utmos"}
 N_NOTE = ("N = utterances scored (the largest count over the metrics); a cell computed on fewer "
           "utterances (some failed) says so as `(N=k)`.")
 
@@ -169,7 +170,7 @@ def model_row(name, summary, probe, info) -> dict:
         "SIM": _f(_metric(summary, "sim")), "STOI": _f(_metric(summary, "stoi")),
         "PESQ-NB": _f(_metric(summary, "pesq_nb")), "PESQ-WB": _f(_metric(summary, "pesq_wb")),
         recon_label(summary): f"{100 * recon['rate']:.2f}%" if recon.get("rate") is not None else DASH,
-        "DNSMOS": _f(_metric(summary, "dnsmos")),
+        "DNSMOS": _f(_metric(summary, "dnsmos")), "UTMOS": _f(_metric(summary, "utmos")),
     }
     counts = column_counts(summary)
     n = max(counts.values(), default=0)
@@ -196,12 +197,13 @@ def ground_truth_row(summary) -> dict | None:
     row = {c: DASH for c in COLUMNS}
     row.update({"Codec": "ground truth", "BPS": "256k (16-bit PCM)", "Frame rate": DASH,
                 recon_label(summary): f"{100 * gt['rate']:.2f}%" if gt.get("rate") is not None else DASH,
-                "DNSMOS": _f(_metric(summary, "dnsmos_ref")), "N": str(gt.get("n_utts", 0))})
+                "DNSMOS": _f(_metric(summary, "dnsmos_ref")), "UTMOS": _f(_metric(summary, "utmos_ref")),
+                "N": str(gt.get("n_utts", 0))})
     return row
 
 
 def columns_for(summaries, base=COLUMNS, probes=()) -> list:
-    """COLUMNS, plus DNSMOS (before N) when any of the summaries scored it; `WER (recon)` becomes
+    """COLUMNS, plus DNSMOS and UTMOS (before N) when any of the summaries scored them; `WER (recon)` becomes
     `CER (recon)` (and the probe's `WER` becomes `CER`) when the summaries (probes) measured
     characters, and both stand side by side when they are mixed."""
     summaries = list(summaries)
@@ -215,9 +217,9 @@ def columns_for(summaries, base=COLUMNS, probes=()) -> list:
             cols += probe or [c]
         else:
             cols.append(c)
-    if any("dnsmos" in (s or {}).get("metrics", {}) for s in summaries):
-        return cols[:-1] + ["DNSMOS"] + cols[-1:]
-    return cols
+    mos = [col for col, m in (("DNSMOS", "dnsmos"), ("UTMOS", "utmos"))
+           if any(m in (s or {}).get("metrics", {}) for s in summaries)]
+    return cols[:-1] + mos + cols[-1:]
 
 
 def markdown_table(rows, columns=COLUMNS) -> str:
@@ -267,6 +269,9 @@ def protocol_lines(summary, probe, test_set, control=None) -> list[str]:
     if "dnsmos" in summary.get("metrics", {}):
         lines.append(f"- DNSMOS: {p.get('dnsmos', '?')}; speechmos {v.get('speechmos')}, onnxruntime "
                      f"{v.get('onnxruntime')}; the ground truth row's DNSMOS is the references' OVRL.")
+    if "utmos" in summary.get("metrics", {}):
+        lines.append(f"- UTMOS: {p.get('utmos', '?')}; weights `{summary.get('utmos', {}).get('model', DASH)}`, "
+                     f"torch {v.get('torch')}; the ground truth row's UTMOS is the references'.")
     if wer:
         lines.append(f"- {recon_label(summary)}: ASR `{wer.get('asr_backend')}` (model `{wer.get('asr_model')}`), "
                      f"language `{wer.get('asr_language', 'en')}`"

@@ -21,7 +21,7 @@ from xytok.eval.metrics import SIGNAL_METRICS, compute_signal_metrics
 from xytok.eval.mos import output_columns
 from xytok.progress import ProgressLog
 
-ALL_METRICS = SIGNAL_METRICS + ("sim", "wer", "dnsmos")
+ALL_METRICS = SIGNAL_METRICS + ("sim", "wer", "dnsmos", "utmos")
 log = logging.getLogger("xytok.score")
 
 
@@ -40,6 +40,10 @@ class ScoreConfig:
     # "auto" = CER for languages written without spaces (xytok.eval.wer.CER_LANGUAGES), else WER
     asr_language: str = "en"
     asr_metric: str = "auto"
+    # UTMOS22 strong weights: local .pt, URL or xytok.eval.utmos.MODEL_IDS name (None: the released URL);
+    # scored in the parent process after the per-utterance pass, batches of <= utmos_batch_seconds padded audio
+    utmos_model: str | None = None
+    utmos_batch_seconds: float = 60.0
 
 
 @dataclass
@@ -90,6 +94,17 @@ def build_backends(cfg: ScoreConfig) -> dict:
             raise BackendError(f"metric dnsmos: cannot build the DNSMOS backend (speechmos' bundled ONNX models): "
                                f"{type(e).__name__}: {e}") from e
     return out
+
+
+def build_utmos(cfg: ScoreConfig):
+    """The UTMOS scorer (xytok.eval.utmos); BackendError naming the model when it cannot be built."""
+    from xytok.eval.utmos import UtmosScorer, resolve_model
+
+    try:
+        return UtmosScorer(cfg.utmos_model, cfg.device)
+    except Exception as e:  # noqa: BLE001 - missing file, offline download, wrong layout, bad device
+        raise BackendError(f"metric utmos: cannot build the UTMOS backend (UTMOS22 strong) with model "
+                           f"{resolve_model(cfg.utmos_model)!r}: {type(e).__name__}: {e}") from e
 
 
 # Per-process state: the config, and the backends built once per process before scoring.
@@ -227,6 +242,7 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
     # Build the backends here first: a model that cannot load fails the run now, with its name,
     # not once per utterance (nor once per worker).
     backends = build_backends(cfg)
+    utmos = build_utmos(cfg) if "utmos" in cfg.metrics else None  # one model, in this process only
     if nj == 1:
         _init_worker(cfg, backends)
         for i, job in enumerate(jobs, 1):
@@ -247,4 +263,8 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
                 progress(i)
     results.sort(key=lambda r: r.utt_id)
     log_resampling(results)
+    if utmos is not None:
+        from xytok.eval.utmos import add_to_results
+
+        add_to_results(utmos, results, ref_list, hyp_list, cfg.utmos_batch_seconds, logger=log)
     return results

@@ -134,6 +134,12 @@ def write_outputs(out_dir, results, metrics, cfg, normalizer, texts=None, inputs
         from xytok.eval.sim import DEFAULT_MODELS
 
         summary["sim"] = {"backend": cfg.sim_backend, "model": cfg.sim_model or DEFAULT_MODELS[cfg.sim_backend]}
+    if "utmos" in metrics:
+        from xytok.eval.utmos import PROTOCOL as UTMOS_PROTOCOL, resolve_model
+
+        summary["protocol"] = {**summary["protocol"], "utmos": UTMOS_PROTOCOL}
+        summary["utmos"] = {"model": resolve_model(getattr(cfg, "utmos_model", None)),
+                            "batch_seconds": getattr(cfg, "utmos_batch_seconds", None)}
     if "wer" in metrics:
         from xytok.eval.asr import DEFAULT_MODELS as ASR_DEFAULTS
 
