@@ -60,3 +60,40 @@ def sigkill_when_exists(cmd, marker: Path, timeout: float, **popen_kwargs) -> No
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+WORDS = ("THE BIRCH CANOE SLID ON SMOOTH PLANKS GLUE SHEET TO DARK BLUE BACKGROUND IT IS EASY TELL "
+         "DEPTH OF A WELL THESE DAYS CHICKEN LEG RARE DISH RICE OFTEN SERVED IN ROUND BOWLS").split()
+
+
+def write_voiced_wav(path: Path, seconds: float, rate: int, seed: int) -> None:
+    """A short voiced-speech stand-in (harmonics of a gliding f0 under a syllable envelope + noise)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 110 + 40 * rng.random() + 20 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    wav = sum(np.sin(k * phase) / k for k in range(1, 8))
+    wav *= 0.5 + 0.5 * np.sin(2 * np.pi * (3 + rng.random()) * t) ** 2  # ~4 syllables per second
+    wav = 0.15 * wav / np.abs(wav).max() + 0.005 * rng.standard_normal(len(t))
+    sf.write(path, wav.astype(np.float32), rate, subtype="PCM_16")
+
+
+def make_pipe_corpus(root: Path, rows, seed: int = 0) -> Path:
+    """A `path|speaker|text|set` corpus (egs/TEMPLATE's layout) under root: rows of
+    (file name, speaker, set, seconds, sample rate); audio under root/wav/<speaker>/, random
+    transcripts. Returns root/metadata.txt."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = []
+    for i, (name, spk, dset, seconds, rate) in enumerate(rows):
+        rel = Path("wav") / spk / name
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_voiced_wav(root / rel, seconds, rate, seed + i)
+        text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 7))))
+        lines.append(f"{rel}|{spk}|{text.capitalize()}.|{dset}")
+    (root / "metadata.txt").write_text("\n".join(lines) + "\n")
+    return root / "metadata.txt"

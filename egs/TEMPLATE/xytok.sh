@@ -51,6 +51,8 @@ python=python3         # python interpreter (path.sh puts tools/venv first on PA
 
 # Data
 local_data_opts=""     # options passed to local/data.sh
+check_audio=true       # stage 1 reads every set's audio headers and lists all unusable files at once
+                       # (unchanged sets are not checked again); false skips it (huge corpora)
 fs=16000               # sample rate of the dumped audio (the model's rate)
 min_wav_duration=0.1   # seconds; shorter train/valid utterances are dropped
 max_wav_duration=30    # seconds; longer train/valid utterances are dropped (test sets are kept whole)
@@ -101,12 +103,50 @@ valid_set=             # validation set name
 test_sets=             # space-separated test set names
 
 help_message=$(cat <<EOF
-Usage: $0 --train_set <set> --valid_set <set> --test_sets "<sets>" [options]
+Usage: ./run.sh [options]   (a recipe's run.sh passes its settings to egs/TEMPLATE/xytok.sh, then yours)
 Runs stages --stage..--stop_stage of the xytok recipe (see egs/TEMPLATE/xytok.sh for the table).
 EOF
 )
 
+# --help / -h: list the options with the values this recipe runs with. Every run.sh passes its
+# settings as options before "$@", so the other options are parsed first; xytok.sh's own defaults
+# come from parse_options.sh's listing (in a subshell: it prints and exits there).
+_want_help=false; _args=(); _value_next=false
+for _a in "$@"; do
+    if "$_value_next"; then _args+=("$_a"); _value_next=false; continue; fi
+    case $_a in
+        --help | -h) _want_help=true ;;
+        --*=*) _args+=("$_a") ;;
+        --) _args+=("$_a") ;;
+        --*) _args+=("$_a"); _value_next=true ;;
+        *) _args+=("$_a") ;;
+    esac
+done
+if "$_want_help"; then
+    _defaults=$(. ./utils/parse_options.sh --help)
+    set -- ${_args[@]+"${_args[@]}"}
+fi
+
 . ./utils/parse_options.sh
+
+if "$_want_help"; then
+    echo "Recipe: $(basename "$(pwd)")  ($(pwd))"
+    while IFS= read -r _line; do
+        if [[ $_line =~ ^\ \ --([A-Za-z_0-9]+)\ +\(default:\ \"([^\"]*)\"\)(.*)$ ]]; then
+            _name=${BASH_REMATCH[1]}; _def=${BASH_REMATCH[2]}; _rest=${BASH_REMATCH[3]}
+            if [ "${!_name}" = "$_def" ]; then
+                printf '  --%-24s "%s"%s\n' "$_name" "${!_name}" "$_rest"
+            else
+                printf '  --%-24s "%s"  (xytok.sh default: "%s")%s\n' "$_name" "${!_name}" "$_def" "$_rest"
+            fi
+        elif [[ $_line == "Options (current default in parentheses):" ]]; then
+            echo "Options, with the values this recipe runs with (its run.sh's settings, then the options given here):"
+        else
+            echo "$_line"
+        fi
+    done <<< "$_defaults"
+    exit 0
+fi
 
 [ $# -gt 0 ] && { echo "$help_message" >&2; die "unexpected positional arguments: $*"; }
 . ./path.sh
@@ -159,6 +199,43 @@ split_scp() {
     utils/split_scp.pl "$in" "${outs[@]}"
 }
 
+# Every stage's marker (.done, .feats.done, ...) records a fingerprint of the stage's inputs
+# (xytok/bin/fingerprint.py: content hashes of the Kaldi tables and configs it reads, size+mtime of
+# checkpoints, the options that shape its output; audio is never hashed), so a re-run redoes a stage
+# whose inputs changed, and with it what depends on it.
+# up_to_date MARKER [--file F] [--stat F] [--opt NAME=VALUE]...: true when MARKER records exactly
+# these inputs; otherwise false with the reason in $stale_reason ($stale_legacy=true for an empty
+# marker written by an xytok without fingerprints). python3, not ${python}: stdlib only.
+up_to_date() {
+    local rc=0
+    stale_reason=$(python3 -m xytok.bin.fingerprint check "$@") || rc=$?
+    stale_legacy=false
+    case $rc in
+        0) return 0 ;;
+        1) return 1 ;;
+        3) stale_legacy=true; return 1 ;;
+        *) die "fingerprint check of $1 failed: $stale_reason" ;;
+    esac
+}
+# mark_done MARKER [inputs as for up_to_date]: the stage finished on these inputs.
+mark_done() { python3 -m xytok.bin.fingerprint write "$@" || die "could not write the marker $1"; }
+
+# The inputs of stage 2 for one set, in _fp: its data dir (as dumped: org) or the dump (filtered).
+fp_dump_org() {
+    local src=data/$1 f
+    _fp=(--opt fs="$fs" --opt audio_format="$audio_format")
+    [ "$audio_format" = shards ] && _fp+=(--opt shard_size_mb="$shard_size_mb")
+    for f in wav.scp text utt2spk spk2utt utt2num_samples segments; do _fp+=(--file "$src/$f"); done
+}
+fp_dump_filtered() {
+    local org=$data_feats/org/$1 f
+    _fp=()
+    for f in wav.scp utt2num_samples text utt2spk; do _fp+=(--file "$org/$f"); done
+    if [ "$1" = "$train_set" ] || [ "$1" = "$valid_set" ]; then
+        _fp+=(--opt min_wav_duration="$min_wav_duration" --opt max_wav_duration="$max_wav_duration")
+    fi
+}
+
 # subset_by_utts DIR_IN DIR_OUT UTTLIST: copy a data dir keeping only the listed utterances.
 subset_by_utts() {
     local in=$1 out=$2 list=$3 f
@@ -184,6 +261,22 @@ EOF
 
 trap 'rc=$?; [ $rc -ne 0 ] && log "FAILED (exit $rc) after ${SECONDS}s; the failing job log is shown above"' EXIT
 
+# A run that starts after stage 2 must not build on dumps that no longer match data/.
+if ! run_stage 2 && { run_stage 3 || run_stage 4 || run_stage 5 || run_stage 6 || run_stage 7 || run_stage 10; }; then
+    for dset in $train_set $valid_set $test_sets; do
+        [ -f "$data_feats/org/$dset/.done" ] || continue  # not dumped: the stages that need it say so
+        fp_dump_org "$dset"
+        if ! up_to_date "$data_feats/org/$dset/.done" "${_fp[@]}" && ! "$stale_legacy"; then
+            die "$dset: ${stale_reason} since stage 2 dumped it: run from --stage 2 (it redoes what changed)"
+        fi
+        [ -f "$data_feats/$dset/.done" ] || continue
+        fp_dump_filtered "$dset"
+        if ! up_to_date "$data_feats/$dset/.done" "${_fp[@]}" && ! "$stale_legacy"; then
+            die "$dset: ${stale_reason} since stage 2 filtered it: run from --stage 2 (it redoes what changed)"
+        fi
+    done
+fi
+
 # ---------------------------------------------------------------------------------------------
 if run_stage 1; then
     log "Stage 1: data preparation: local/data.sh ${local_data_opts}"
@@ -194,27 +287,72 @@ if run_stage 1; then
         [ -d "data/$dset" ] || die "local/data.sh did not create data/$dset"
         utils/validate_data_dir.sh --no-feats "data/$dset"
     done
+    if [ "$check_audio" = true ]; then
+        # Every set's audio, before anything is dumped: all unusable files listed at once. A set
+        # whose wav.scp is unchanged since its last clean check is not read again.
+        _n_bad=0
+        for dset in $train_set $valid_set $test_sets; do
+            _chk=$dumpdir/audio_check/$dset
+            if up_to_date "$_chk/.done" --file "data/$dset/wav.scp"; then
+                log "  data/$dset: audio already checked, up to date ($_chk/.done)"
+                continue
+            fi
+            rm -rf "$_chk"; mkdir -p "$_chk/logs"
+            _nj=$(min "$nj" "$(wc -l < "data/$dset/wav.scp")")
+            split_scp "data/$dset/wav.scp" "$_chk/logs" wav "$_nj"
+            # shellcheck disable=SC2086
+            ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$_chk/logs/check_audio.JOB.log" \
+                python3 -m xytok.bin.datadir check-audio --report "$_chk/logs/bad.JOB" "$_chk/logs/wav.JOB.scp" \
+                || die "data/$dset: the audio check itself failed (see $_chk/logs/check_audio.*.log)"
+            _bad=$(for i in $(seq "$_nj"); do cat "$_chk/logs/bad.$i"; done)
+            if [ -n "$_bad" ]; then
+                while IFS=$'\t' read -r _utt _problem; do
+                    log "  data/$dset: utterance $_utt: $_problem" >&2
+                    _n_bad=$((_n_bad + 1))
+                done <<< "$_bad"
+            else
+                log "  data/$dset: audio OK ($(wc -l < "data/$dset/wav.scp") files: readable, non-empty)"
+                mark_done "$_chk/.done" --file "data/$dset/wav.scp"
+            fi
+        done
+        [ "$_n_bad" -eq 0 ] || die "$_n_bad utterance(s) have unusable audio (listed above): drop them" \
+            "in local/data.sh (or repair the files) and run stage 1 again (--check_audio false skips this check)"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------
 if run_stage 2; then
     log "Stage 2: dump audio (${audio_format}) as ${fs} Hz mono to ${data_feats}, filter durations (${min_wav_duration}-${max_wav_duration} s)"
+    case $audio_format in files|shards) ;; *) die "--audio_format $audio_format: use files or shards" ;; esac
     for dset in $train_set $valid_set $test_sets; do
         src=data/$dset
         org=$data_feats/org/$dset
-        if [ -f "$org/.done" ]; then
-            log "  $dset: already dumped ($org/.done)"
+        [ -f "$src/wav.scp" ] || die "$src/wav.scp not found: run stage 1 first"
+        [ -f "$src/segments" ] && die "$src/segments: segmented data dirs are not supported; cut the audio in local/data.sh"
+        fp_dump_org "$dset"
+        if up_to_date "$org/.done" "${_fp[@]}"; then
+            log "  $dset: already dumped, up to date ($org/.done)"
         else
-            [ -f "$src/wav.scp" ] || die "$src/wav.scp not found: run stage 1 first"
-            [ -f "$src/segments" ] && die "$src/segments: segmented data dirs are not supported; cut the audio in local/data.sh"
-            case $audio_format in files|shards) ;; *) die "--audio_format $audio_format: use files or shards" ;; esac
+            [ -f "$org/.done" ] && log "  $dset: ${stale_reason}; re-dumping"
+            rm -f "$org/.done"
             _nj=$(min "$nj" "$(wc -l < "$src/wav.scp")")
-            # A killed dump resumes (finished wavs / shards are kept) unless the job split changed.
-            if [ "$(cat "$org/logs/split" 2>/dev/null)" != "$audio_format $_nj" ]; then
+            # What an earlier (killed, failed or outdated) dump finished is kept where it still holds:
+            # files: every <utt>.wav whose wav.scp line is unchanged (resume; a cheap re-dump after an
+            # utterance is added); shards: all of them when the source and the job split are unchanged.
+            if [ "$audio_format" = files ]; then _layout="files $fs"; else _layout="shards $fs $shard_size_mb $_nj"; fi
+            if [ "$(cat "$org/logs/layout" 2>/dev/null)" != "$_layout" ] || [ ! -f "$org/logs/src_wav.scp" ]; then
                 rm -rf "$org"
+            elif [ "$audio_format" = shards ]; then
+                cmp -s "$src/wav.scp" "$org/logs/src_wav.scp" || rm -rf "$org"
+            else
+                awk 'NR == FNR { now[$0] = 1; next } !($0 in now) { print $1 }' "$src/wav.scp" "$org/logs/src_wav.scp" \
+                    | while read -r _u; do rm -f "$org/data/$_u.wav"; done
             fi
+            [ -d "$org/data" ] && log "  $dset: reusing the audio an earlier dump finished"
+            rm -f "$org/logs"/*.scp "$org/logs"/utt2num_samples.*
             mkdir -p "$org/logs"
-            echo "$audio_format $_nj" > "$org/logs/split"
+            echo "$_layout" > "$org/logs/layout"
+            cp "$src/wav.scp" "$org/logs/src_wav.scp"  # what the dumped audio is made from
             split_scp "$src/wav.scp" "$org/logs" wav "$_nj"
             log "  $dset: $(wc -l < "$src/wav.scp") utterances as $audio_format, $_nj jobs (logs: $org/logs/dump_audio.*.log)"
             fmt_opts="--audio_format $audio_format"
@@ -224,24 +362,31 @@ if run_stage 2; then
                 [ -f "$src/utt2num_samples" ] && fmt_opts+=" --utt2num_samples $src/utt2num_samples"
             fi
             # shellcheck disable=SC2086
-            ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$org/logs/dump_audio.JOB.log" \
+            if ! ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$org/logs/dump_audio.JOB.log" \
                 ${python} -m xytok.bin.dump_audio --wav_scp "$org/logs/wav.JOB.scp" \
                     --out_dir "$org/data" --out_scp "$org/logs/out_wav.JOB.scp" \
-                    --out_utt2num_samples "$org/logs/utt2num_samples.JOB" --fs "$fs" ${fmt_opts}
+                    --out_utt2num_samples "$org/logs/utt2num_samples.JOB" --fs "$fs" ${fmt_opts}; then
+                # every bad file of every job, in one list (the finished audio is kept for the re-run)
+                grep -h "BAD AUDIO" "$org"/logs/dump_audio.*.log >&2 || true
+                die "$dset: dumping failed (logs: $org/logs/dump_audio.*.log); unusable audio: drop those utterances in local/data.sh"
+            fi
             for i in $(seq "$_nj"); do cat "$org/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$org/wav.scp"
             for i in $(seq "$_nj"); do cat "$org/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$org/utt2num_samples"
             cp "$src/text" "$src/utt2spk" "$src/spk2utt" "$org/"
             echo raw > "$org/feats_type"
             echo "$fs" > "$org/fs"
             utils/validate_data_dir.sh --no-feats "$org"
-            touch "$org/.done"
+            fp_dump_org "$dset"
+            mark_done "$org/.done" "${_fp[@]}"
         fi
 
         out=$data_feats/$dset
-        if [ -f "$out/.done" ]; then
-            log "  $dset: already filtered ($out/.done)"
+        fp_dump_filtered "$dset"
+        if up_to_date "$out/.done" "${_fp[@]}"; then
+            log "  $dset: already filtered, up to date ($out/.done)"
             continue
         fi
+        [ -f "$out/.done" ] && log "  $dset: ${stale_reason}; filtering again (stage 3 features of $out are redone)"
         rm -rf "$out"; mkdir -p "$out"
         if [ "$dset" = "$train_set" ] || [ "$dset" = "$valid_set" ]; then
             awk -v lo="$min_wav_duration" -v hi="$max_wav_duration" -v fs="$fs" \
@@ -255,8 +400,13 @@ if run_stage 2; then
         subset_by_utts "$org" "$out" "$out/.keep"
         rm -f "$out/.keep"
         utils/validate_data_dir.sh --no-feats "$out"
-        touch "$out/.done"
+        mark_done "$out/.done" "${_fp[@]}"
     done
+    # train and valid must not share an utterance (a corpus split that moved one but kept a copy)
+    if [ "$train_set" != "$valid_set" ]; then
+        _shared=$(LC_ALL=C comm -12 <(cut -d' ' -f1 "$data_feats/$train_set/wav.scp") <(cut -d' ' -f1 "$data_feats/$valid_set/wav.scp") | head -n 5)
+        [ -z "$_shared" ] || log "  WARNING: $train_set and $valid_set share utterances (e.g. $(echo $_shared)): check local/data.sh's split"
+    fi
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -267,11 +417,14 @@ elif run_stage 3; then
     [ "$fs" -eq 16000 ] || die "--fs $fs: the model's Whisper front end works at 16000 Hz only"
     for dset in $train_set $valid_set $test_sets; do
         d=$data_feats/$dset
-        if [ -f "$d/.feats.done" ]; then
-            log "  $dset: features already computed ($d/.feats.done)"
+        [ -f "$d/.done" ] || die "$d is not dumped: run stage 2 first"
+        _fp=(--file "$d/wav.scp" --file "$d/utt2num_samples" --opt fs="$fs")
+        if up_to_date "$d/.feats.done" "${_fp[@]}"; then
+            log "  $dset: features already computed, up to date ($d/.feats.done)"
             continue
         fi
-        [ -f "$d/.done" ] || die "$d is not dumped: run stage 2 first"
+        [ -f "$d/.feats.done" ] && log "  $dset: ${stale_reason}; computing the features again"
+        rm -f "$d/.feats.done"
         rm -rf "$d/feats" "$d/feats.scp" "$d/utt2num_frames"
         mkdir -p "$d/feats/logs"
         _nj=$(min "$nj" "$(wc -l < "$d/wav.scp")")
@@ -287,21 +440,24 @@ elif run_stage 3; then
         echo 80 > "$d/feats_dim"
         [ "$(wc -l < "$d/feats.scp")" -eq "$(wc -l < "$d/wav.scp")" ] || die "$d/feats.scp: $(wc -l < "$d/feats.scp") lines, wav.scp has $(wc -l < "$d/wav.scp")"
         utils/validate_data_dir.sh "$d"
-        touch "$d/.feats.done"
+        mark_done "$d/.feats.done" "${_fp[@]}"
     done
 fi
 
 # ---------------------------------------------------------------------------------------------
 if run_stage 4; then
     log "Stage 4: sentencepiece ${bpemode} tokenizer, ${nbpe} pieces, on ${data_feats}/${train_set}/text -> ${token_dir}"
-    if [ -f "$token_dir/.done" ]; then
-        log "  already trained ($token_dir/.done)"
+    _fp=(--file "$data_feats/$train_set/text" --opt nbpe="$nbpe" --opt bpemode="$bpemode")
+    if up_to_date "$token_dir/.done" "${_fp[@]}"; then
+        log "  already trained, up to date ($token_dir/.done)"
     else
+        [ -f "$token_dir/.done" ] && log "  ${stale_reason}; training the tokenizer again"
+        rm -f "$token_dir/.done"
         [ -f "$data_feats/$train_set/text" ] || die "$data_feats/$train_set/text not found: run stage 2 first"
         mkdir -p "$(dirname "$token_dir")"
         ${python} -m xytok.bin.train_spm --text "$data_feats/$train_set/text" --vocab_size "$nbpe" \
             --model_type "$bpemode" --output_dir "$token_dir"
-        touch "$token_dir/.done"
+        mark_done "$token_dir/.done" "${_fp[@]}"
     fi
 fi
 
@@ -320,14 +476,47 @@ train_launch_opts() {
 # trained EXP: true when EXP finished training (.done and its export).
 trained() { [ -f "$1/.done" ] && [ -f "$1/export/model.ckpt" ]; }
 
+# The inputs of a training stage, in _fp: the dumped train/valid data, the tokenizer, the config's
+# content, its args (+ for stage 2: the stage-1 model it starts from).
+fp_train() {
+    local n=$1 config=$2 args=$3 exp=$4 dset f
+    _fp=()
+    for dset in "$train_set" "$valid_set"; do
+        for f in wav.scp text utt2num_samples; do _fp+=(--file "$data_feats/$dset/$f"); done
+        [ "$compute_feats" = true ] && _fp+=(--file "$data_feats/$dset/feats.scp")
+    done
+    _fp+=(--file "$spm_model" --file "$config" --opt "stage${n}_args=$args" --opt compute_feats="$compute_feats")
+    [ "$n" = 2 ] && _fp+=(--file "$stage1_exp/.done" --stat "$stage1_exp/export/model.ckpt")
+    return 0
+}
+
+# stale_model_message EXP WHAT: a trained (or partly trained) model whose inputs changed is kept.
+stale_model_message() {
+    die "$1 $2 other inputs: ${stale_reason}. It is kept (retraining is not automatic): delete it" \
+        "(rm -r $1) to train again on the current inputs, or train a new one beside it with --tag NAME;" \
+        "to evaluate it as it is, start at --stage 7"
+}
+
 # train_stage N CONFIG ARGS EXP [extra args]
 train_stage() {
     local n=$1 config=$2 args=$3 exp=$4; shift 4
     [ -n "$config" ] || die "--stage${n}_config is required for stage $((n + 4))"
     [ -f "$config" ] || die "--stage${n}_config $config: file not found"
+    fp_train "$n" "$config" "$args" "$exp"
     if trained "$exp"; then
-        log "  already trained ($exp/.done); delete it to train again"
-        return 0
+        if up_to_date "$exp/.done" "${_fp[@]}"; then
+            log "  already trained, up to date ($exp/.done); delete it to train again"
+            return 0
+        elif "$stale_legacy"; then
+            log "  already trained ($exp/.done); WARNING: its marker predates stage fingerprints, so its" \
+                "inputs are not recorded and are assumed to match; delete it to train again"
+            return 0
+        fi
+        stale_model_message "$exp" "was trained on"
+    fi
+    # a killed training resumes from its checkpoint: only on the inputs it started with
+    if [ -f "$exp/.inputs" ] && ! up_to_date "$exp/.inputs" "${_fp[@]}"; then
+        stale_model_message "$exp" "holds a partial training (it would resume) started on"
     fi
     local done_marker=.feats.done
     [ "$compute_feats" = true ] || done_marker=.done  # no stage-3 features: the dumped audio is enough
@@ -336,6 +525,7 @@ train_stage() {
     done
     mkdir -p "$exp"
     write_exp_run_sh "$exp" $((n + 4))
+    mark_done "$exp/.inputs" "${_fp[@]}"
     local nodes_opt=""
     [ "$num_nodes" -gt 1 ] && nodes_opt="--num_nodes $num_nodes"
     log "  training log: $exp/train.log"
@@ -346,7 +536,7 @@ train_stage() {
             --spm_model "$spm_model" $(train_launch_opts) "$@" ${args}
     [ -f "$exp/export/model.ckpt" ] && [ -f "$exp/export/config.yaml" ] \
         || die "$exp: training ended without export/model.ckpt + export/config.yaml (see $exp/train.log)"
-    touch "$exp/.done"
+    cp "$exp/.inputs" "$exp/.done"
 }
 
 if run_stage 5; then
@@ -470,13 +660,28 @@ if run_stage 7 || run_stage 8 || run_stage 9 || run_stage 10 || run_stage 11 || 
         _probe_model_opts=(--codec "${model_spec:-xy:$model_config}" --num_quantizers "${BASH_REMATCH[1]}")
     fi
 fi
+# fp_model: the model of stages 7-10 as an input of their markers (a checkpoint by size + mtime).
+fp_model() {
+    _fp=(--opt model="${model_spec:-$model_config}")
+    [ -z "${model_ckpt:-}" ] || _fp+=(--stat "$model_ckpt")
+}
+# current_or_legacy MARKER INPUTS...: up to date, or an empty marker from before fingerprints
+# (results and models are not redone for that); else logs why and removes MARKER.
+current_or_legacy() {
+    up_to_date "$@" && return 0
+    "$stale_legacy" && return 0
+    [ -f "$1" ] && log "  $1: ${stale_reason}; redoing it"
+    rm -f "$1"
+    return 1
+}
 if "$gpu_inference"; then _infer_cmd="${cuda_cmd} --gpu 1"; _device=cuda; else _infer_cmd="${decode_cmd}"; _device=cpu; fi
 
 if run_stage 7; then
     log "Stage 7: tokenize ${test_sets} (xytok encode, ${inference_nj} jobs, device=${_device})"
     for dset in $test_sets; do
         dir=$model_exp/$inference_tag/$dset
-        if [ -f "$dir/.encode.done" ]; then log "  $dset: already tokenized"; continue; fi
+        fp_model; _fp+=(--file "$data_feats/$dset/wav.scp" --opt inference_args="$inference_args")
+        if current_or_legacy "$dir/.encode.done" "${_fp[@]}"; then log "  $dset: already tokenized, up to date"; continue; fi
         [ -f "$data_feats/$dset/.done" ] || die "$data_feats/$dset not dumped: run stage 2 first"
         write_exp_run_sh "$model_exp/$inference_tag" 7
         rm -rf "$dir/codes"; mkdir -p "$dir/codes/logs"
@@ -487,7 +692,7 @@ if run_stage 7; then
             xytok encode "${_model_opts[@]}" --device "$_device" \
                 --no_progress ${inference_args} "$dir/codes/logs/wav.JOB.scp" "$dir/codes/codes.JOB.scp"
         for i in $(seq "$_nj"); do cat "$dir/codes/codes.$i.scp"; done | LC_ALL=C sort > "$dir/codes.scp"
-        touch "$dir/.encode.done"
+        mark_done "$dir/.encode.done" "${_fp[@]}"
     done
     # BPS from the token stream (rows the codes hold x log2 codebook sizes x frame rate) -> RESULTS.md
     _info_opts=()
@@ -507,7 +712,10 @@ if run_stage 8; then
         dir=$model_exp/$inference_tag/$dset
         for _nq in ${decode_num_quantizers:-all}; do
             if [ "$_nq" = all ]; then _sfx=; _nq_args=(); else _sfx=_nq$_nq; _nq_args=(--num_quantizers "$_nq"); fi
-            if [ -f "$dir/.decode$_sfx.done" ]; then log "  $dset${_sfx:+ ($_sfx)}: already detokenized"; continue; fi
+            _fp=(--file "$dir/.encode.done" --opt num_quantizers="$_nq" --opt inference_args="$inference_args")
+            if current_or_legacy "$dir/.decode$_sfx.done" "${_fp[@]}"; then
+                log "  $dset${_sfx:+ ($_sfx)}: already detokenized, up to date"; continue
+            fi
             [ -f "$dir/.encode.done" ] || die "$dir/codes.scp missing: run stage 7 first"
             rm -rf "$dir/wav$_sfx"; mkdir -p "$dir/wav$_sfx/logs"
             _nj=$(min "$inference_nj" "$(wc -l < "$dir/codes.scp")")
@@ -519,7 +727,7 @@ if run_stage 8; then
                     "$dir/wav$_sfx/split.JOB"
             # One wav.scp over the shards (each shard dir holds its own wav.scp).
             for i in $(seq "$_nj"); do cat "$dir/wav$_sfx/split.$i/wav.scp"; done | LC_ALL=C sort > "$dir/wav$_sfx/wav.scp"
-            touch "$dir/.decode$_sfx.done"
+            mark_done "$dir/.decode$_sfx.done" "${_fp[@]}"
         done
     done
 fi
@@ -535,7 +743,11 @@ if run_stage 9; then
         # each stage-8 decode gets its own score dir (score, score_nq<n>): one RESULTS.md row each
         for _nq in ${decode_num_quantizers:-all}; do
             if [ "$_nq" = all ]; then _sfx=; else _sfx=_nq$_nq; fi
-            if [ -f "$dir/.score$_sfx.done" ]; then log "  $dset${_sfx:+ ($_sfx)}: already scored"; continue; fi
+            _fp=(--file "$dir/.decode$_sfx.done" --file "$data_feats/$dset/wav.scp" --file "$data_feats/$dset/text"
+                 --opt scoring="$scoring_metrics|$asr_backend|$scoring_args|$_align_ms" --opt asr_language="${asr_language:-}")
+            if current_or_legacy "$dir/.score$_sfx.done" "${_fp[@]}"; then
+                log "  $dset${_sfx:+ ($_sfx)}: already scored, up to date"; continue
+            fi
             [ -f "$dir/.decode$_sfx.done" ] || die "$dir/wav$_sfx/wav.scp missing: run stage 8 first"
             rm -rf "$dir/score$_sfx"; mkdir -p "$dir/score$_sfx"
             # shellcheck disable=SC2086
@@ -545,7 +757,7 @@ if run_stage 9; then
                     --text "$data_feats/$dset/text" --metrics "$scoring_metrics" --asr_backend "$asr_backend" \
                     --nj "$nj" --device "$_device" --out "$dir/score$_sfx" --align_max_lag_ms "$_align_ms" ${scoring_args} \
                 || die "$dset${_sfx:+ ($_sfx)}: xytok score failed (an ASR/SIM model that cannot load, or a metric that scored nothing): see $dir/score$_sfx/score.log"
-            touch "$dir/.score$_sfx.done"
+            mark_done "$dir/.score$_sfx.done" "${_fp[@]}"
         done
     done
     # shellcheck disable=SC2086
@@ -558,9 +770,12 @@ if run_stage 10; then
     log "Stage 10: text-alignment probe -> ${model_exp}/probe"
     # run_probe DIR [EXTRA ARGS]: one probe run (trained codec, or --random_init for the control).
     run_probe() {
-        local dir=$1; shift
-        if [ -f "$dir/.done" ]; then
-            log "  $dir: already probed"
+        local dir=$1 _fp; shift
+        fp_model
+        _fp+=(--file "$data_feats/$train_set/wav.scp" --file "$data_feats/$train_set/text"
+              --file "$data_feats/$valid_set/wav.scp" --file "$data_feats/$valid_set/text" --opt probe_args="$probe_args $*" --opt asr_language="${asr_language:-}")
+        if current_or_legacy "$dir/.done" "${_fp[@]}"; then
+            log "  $dir: already probed, up to date"
         else
             mkdir -p "$dir"
             write_exp_run_sh "$dir" 10
@@ -569,7 +784,7 @@ if run_stage 10; then
                 ${python} -m xytok.bin.probe "${_probe_model_opts[@]}" \
                     --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
                     --device "$_device" --output_dir "$dir" ${probe_args} "$@"
-            touch "$dir/.done"
+            mark_done "$dir/.done" "${_fp[@]}"
         fi
         while read -r _line; do log "  ${dir##*/}: ${_line}"; done < "$dir/wer.txt"  # %WER and %CER
     }

@@ -1,6 +1,6 @@
 """Data-dir tools (the command line behind the utils/*.sh|*.pl wrappers) over xytok.data.datadir.
 
-    python -m xytok.bin.datadir {validate,fix,split,split-scp,filter-duration,subset,copy,
+    python -m xytok.bin.datadir {validate,check-audio,fix,split,split-scp,filter-duration,subset,copy,
                                  combine,utt2spk-to-spk2utt,spk2utt-to-utt2spk,filter-scp} ... [--help]
 
 Stdlib only (as xytok.data.datadir), so the wrappers run with any python3; only reading audio
@@ -19,6 +19,7 @@ from xytok.data.datadir import (
     DataDir,
     DataDirError,
     _examples,
+    audio_problem,
     combine,
     copy_data_dir,
     filter_by_duration,
@@ -55,6 +56,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="read every audio/feature entry (needs soundfile/kaldiio)")
     v.add_argument("--fs", type=int, default=None, help="expected sample rate (with --check-audio)")
     v.add_argument("data")
+    ca = sub.add_parser("check-audio", help="read every entry of a wav.scp (headers + a few frames); "
+                        "list each unusable one (recipe stage 1)")
+    ca.add_argument("--report", help="write '<utt>\\t<problem>' lines here (default: stdout); exit 0 "
+                                     "even when some are bad, so a caller can gather all reports")
+    ca.add_argument("wav_scp")
     f = sub.add_parser("fix", help="sort, keep the common utterances, rebuild spk2utt")
     f.add_argument("--no-backup", action="store_true")
     f.add_argument("data")
@@ -110,6 +116,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             n = len(read_table(os.path.join(a.data, "utt2spk")))
             print(f"validate_data_dir: {a.data}: OK ({n} utterances)")
+        elif a.cmd == "check-audio":
+            from xytok.audio import read_wav_scp
+
+            entries = read_wav_scp(a.wav_scp)
+            bad = []
+            for i, (utt, value) in enumerate(entries.items(), 1):
+                problem = audio_problem(value)
+                if problem:
+                    bad.append(f"{utt}\t{problem}\n")
+                if i % 5000 == 0:
+                    err(f"check-audio: {i}/{len(entries)} entries of {a.wav_scp} read")
+            if a.report:
+                with open(a.report, "w", encoding="utf-8") as fo:
+                    fo.writelines(bad)
+            else:
+                sys.stdout.writelines(bad)
+            err(f"check-audio: {a.wav_scp}: {len(entries)} entries, {len(bad)} unusable")
+            return 0 if a.report or not bad else 1
         elif a.cmd == "fix":
             fix(a.data, backup=not a.no_backup, log=err)
         elif a.cmd == "split":
@@ -168,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             with _stdin_or(a.input) as fi:
                 for line in filter_lines(fi, ids, a.exclude, a.field):
                     sys.stdout.write(line if line.endswith("\n") else line + "\n")
-    except (DataDirError, TableError, OSError) as e:
+    except (DataDirError, TableError, OSError, ValueError) as e:
         err(f"{a.cmd}: error: {e}")
         return 1
     return 0

@@ -12,9 +12,10 @@ run finished (whole files; finished shards).
 
 Input entries may be any wav.scp value (path, `cmd |` pipe, ark offset) at any rate / channel count:
 other rates are resampled (logged), multi-channel audio is averaged. Unreadable or empty audio is an
-error naming the utterance. Each wav is written atomically; the output scp/utt2num_samples are
-written to temporary names and renamed only when every utterance succeeded, so a failed shard never
-looks finished.
+error naming the utterance: every bad utterance of the list is reported (one `BAD AUDIO` line each)
+and the run goes on with the others, then exits 1, so one run names them all and keeps the rest for
+the re-run. Each wav is written atomically; the output scp/utt2num_samples are written only when
+every utterance succeeded, so a failed list never looks finished.
 """
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ from xytok.progress import ProgressLog
 KEEP_AS_IS = {".flac": "flac", ".mp3": "mp3", ".ogg": "ogg", ".opus": "opus"}
 
 log = logging.getLogger("xytok.dump_audio")
+
+
+def _report_bad(utt: str, value: str, err: Exception) -> None:
+    msg = str(err)
+    if utt not in msg:  # xytok.audio's messages already name the utterance and its entry
+        msg = f"utterance {utt!r} ({value.strip()}): {msg}"
+    log.error("BAD AUDIO %s", msg)
+
+
+def _fail_bad(bad: Sequence[str], n_total: int, n_kept: int, where: str) -> int:
+    shown = ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else "")
+    log.error("%d of %d utterance(s) have unusable audio (each listed above as BAD AUDIO: %s); %d dumped "
+              "are kept for the re-run: drop the bad ones from the data dir (local/data.sh) or repair the "
+              "files, then run again; %s not written", len(bad), n_total, shown, n_kept, where)
+    return 1
 
 
 def _source_bytes(value: str):
@@ -111,6 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scp_table, num_samples = {}, {}
     n_resampled = n_clipped = n_done = 0
     resampled_from = {}  # source rate -> utterances (the set summary states the conversion)
+    bad = []
     prog = ProgressLog(len(entries), os.path.basename(a.wav_scp), logger=log)
     for i, (utt, value) in enumerate(entries.items(), 1):
         out = os.path.join(out_dir, f"{utt}.wav")
@@ -120,9 +137,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         try:
             wav, info = load_audio(value, target_sr=a.fs, utt=utt)
+        except AudioError as e:  # this utterance's audio: report it, go on with the others
+            _report_bad(utt, value, e)
+            bad.append(utt)
+            continue
+        try:
             n_clipped += write_wav(out, wav, a.fs, subtype=a.subtype) > 0
-        except (AudioError, OSError, RuntimeError) as e:
-            log.error("utterance %s (%s): %s", utt, value, e)
+        except (OSError, RuntimeError) as e:  # writing (disk full, permissions): stop here
+            log.error("utterance %s (%s): cannot write %s: %s", utt, value, out, e)
             return 1
         n_resampled += info.resampled
         if info.resampled:
@@ -130,6 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         scp_table[utt] = out
         num_samples[utt] = str(info.num_samples)
         prog.update(i)
+    if bad:
+        return _fail_bad(bad, len(entries), len(scp_table), a.out_scp)
     write_table(a.out_utt2num_samples, num_samples)
     write_table(a.out_scp, scp_table)  # last: its existence means the split is complete
     log.info("dumped %d utterances (%d already there, %d resampled to %d Hz, %d with clipping) to %s",
@@ -148,6 +172,7 @@ def _dump_shards(a, entries) -> int:
     lengths = SortedLookup(a.utt2num_samples) if a.utt2num_samples else None
     keep = a.keep_compressed == "true"
     n_kept = n_encoded = 0
+    bad = []
     prog = ProgressLog(len(entries), os.path.basename(a.wav_scp), logger=log)
     if done:
         log.info("resuming: %d utterances are in %d finished shard(s)", len(done), writer.index)
@@ -162,7 +187,12 @@ def _dump_shards(a, entries) -> int:
                 n = int(known)
                 n_kept += 1
             else:
-                wav, info = load_audio(value, target_sr=a.fs, utt=utt)
+                try:
+                    wav, info = load_audio(value, target_sr=a.fs, utt=utt)
+                except AudioError as e:  # this utterance's audio: report it, go on with the others
+                    _report_bad(utt, value, e)
+                    bad.append(utt)
+                    continue
                 data, ext, n = _flac_bytes(wav, a.fs), "flac", info.num_samples
                 n_encoded += 1
             writer.add(utt, data, ext, n)
@@ -172,6 +202,8 @@ def _dump_shards(a, entries) -> int:
             return 1
         prog.update(i)
     writer.close()
+    if bad:
+        return _fail_bad(bad, len(entries), len(entries) - len(bad), a.out_scp)
     from xytok.data.shards import read_list
 
     scp_table, num_samples = {}, {}

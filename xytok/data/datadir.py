@@ -295,6 +295,55 @@ def _audio_info(value: str) -> Tuple[int, int]:
     return info.frames, info.samplerate
 
 
+# Frames read at each end of a file by audio_problem: enough to reach the data past the header.
+_PROBE_FRAMES = 4096
+
+
+def audio_problem(value: str) -> Optional[str]:
+    """Why a wav.scp entry cannot be dumped (None = usable). Files: the header and a block of frames
+    at each end are read (fast; catches unreadable, empty and truncated files); pipes, ark and tar
+    entries are decoded whole by xytok.audio, the loader stage 2 uses."""
+    try:
+        import soundfile
+    except ImportError as e:
+        raise DataDirError(f"reading audio needs {e.name} (run inside the venv: . ./path.sh)")
+    value = value.strip()
+    if value.endswith("|") or not os.path.exists(value):
+        from xytok.audio import AudioError, load_audio
+
+        try:
+            load_audio(value, target_sr=None)
+        except AudioError as e:
+            return str(e).split(": ", 1)[-1]  # load_audio names the entry; the caller names the utterance
+        except Exception as e:  # any reader error belongs to this entry
+            return f"cannot be read: {type(e).__name__}: {str(e).strip()[:200]}"
+        return None
+    if os.path.isdir(value):
+        return f"is a directory, not an audio file: {value}"
+    if os.path.getsize(value) == 0:
+        return f"empty file (0 bytes): {value}"
+    try:
+        with soundfile.SoundFile(value) as f:
+            frames, channels, rate = f.frames, f.channels, f.samplerate
+            if channels < 1 or rate <= 0:
+                return f"bad header ({channels} channels, {rate} Hz): {value}"
+            if frames <= 0:
+                return f"no audio samples (a {f.format} header only): {value}"
+            head = f.read(min(frames, _PROBE_FRAMES), dtype="float32")
+            tail_start = max(0, frames - _PROBE_FRAMES)
+            f.seek(tail_start)
+            tail = f.read(frames - tail_start, dtype="float32")
+    except Exception as e:  # libsndfile's errors: unknown format, corrupt data, unsupported codec
+        return f"not readable by libsndfile: {str(e).strip()[:200]}"
+    if len(head) == 0 or len(tail) < frames - tail_start:
+        return f"truncated: the header says {frames} samples, fewer can be read: {value}"
+    import numpy
+
+    if not (numpy.isfinite(head).all() and numpy.isfinite(tail).all()):
+        return f"NaN/Inf samples (a float file with invalid values): {value}"
+    return None
+
+
 # `shard.tar:OFFSET:SIZE`: a member of an uncompressed tar (xytok.audio decodes these in place).
 _TAR_MEMBER = re.compile(r"^(.+\.tar):(\d+):(\d+)$")
 
