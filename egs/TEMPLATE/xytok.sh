@@ -85,7 +85,8 @@ inference_args=        # extra arguments for xytok encode/decode
 decode_num_quantizers= # stages 8-9: decode + score from the first n RVQ layers, once per n listed ("8 4 2"); empty: all layers
                        # (each n: <set>/wav_nq<n>, <set>/score_nq<n>, one RESULTS.md row with its BPS;
                        # empty: <set>/wav, <set>/score)
-scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score
+scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score (also dnsmos, utmos; offline utmos:
+                       # --scoring_args "--utmos_model /path/utmos22_strong_step7459_v1.pt")
 asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
 scoring_args=          # extra arguments for xytok score
 align_max_lag_ms=auto  # stage 9: shift each reconstruction by its cross-correlation lag within ±this many ms
