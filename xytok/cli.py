@@ -16,7 +16,7 @@ from typing import List, Optional
 SUBCOMMANDS = {
     "encode": ("xytok.bin.encode", "audio (file, directory or wav.scp) -> codes (ark/scp or npy dir)"),
     "decode": ("xytok.bin.decode", "codes (scp or npy dir) -> 16 kHz wavs + wav.scp"),
-    "score": ("xytok.bin.score", "reconstruction metrics (WER, PESQ, STOI, SIM) of decoded audio"),
+    "score": ("xytok.bin.score", "reconstruction metrics (WER/CER, PESQ, STOI, SIM) of decoded audio"),
     "export-onnx": ("xytok.bin.export_onnx", "ONNX encoder/decoder graphs (+ parity report vs PyTorch)"),
 }
 

@@ -88,6 +88,9 @@ decode_num_quantizers= # stages 8-9: decode + score from the first n RVQ layers,
 scoring_metrics="pesq_wb,pesq_nb,stoi,estoi,sim,wer"  # metrics for xytok score (also dnsmos, utmos; offline utmos:
                        # --scoring_args "--utmos_model /path/utmos22_strong_step7459_v1.pt")
 asr_backend=pocketsphinx  # ASR for WER: pocketsphinx (offline), whisper, hubert
+asr_language=en           # language of the test/train speech (ISO code, e.g. zh): Whisper transcribes in it
+                          # (pocketsphinx/hubert: en only); zh, ja, th, ... are scored by CER (stage 9 and
+                          # the stage-10 probe, whose character vocabulary comes from the train text)
 scoring_args=          # extra arguments for xytok score
 align_max_lag_ms=auto  # stage 9: shift each reconstruction by its cross-correlation lag within ±this many ms
                        # before PESQ/STOI (recorded); auto = 0 (truncation only, the paper protocol) for xy
@@ -738,7 +741,7 @@ if run_stage 9; then
     if [ "$_align_ms" = auto ]; then
         case ${model_spec:-xy:} in xy:*) _align_ms=0 ;; *) _align_ms=20 ;; esac
     fi
-    log "Stage 9: scoring (${scoring_metrics}; ASR ${asr_backend}) and RESULTS.md"
+    log "Stage 9: scoring (${scoring_metrics}; ASR ${asr_backend}, language ${asr_language}) and RESULTS.md"
     for dset in $test_sets; do
         dir=$model_exp/$inference_tag/$dset
         # each stage-8 decode gets its own score dir (score, score_nq<n>): one RESULTS.md row each
@@ -756,6 +759,7 @@ if run_stage 9; then
             ${_infer_cmd} --num_threads "$nj" "$dir/score$_sfx/score.log" \
                 xytok score --ref "$data_feats/$dset/wav.scp" --hyp "$dir/wav$_sfx/wav.scp" \
                     --text "$data_feats/$dset/text" --metrics "$scoring_metrics" --asr_backend "$asr_backend" \
+                    --asr_language "$asr_language" \
                     --nj "$nj" --device "$_device" --out "$dir/score$_sfx" --align_max_lag_ms "$_align_ms" ${scoring_args} \
                 || die "$dset${_sfx:+ ($_sfx)}: xytok score failed (an ASR/SIM model that cannot load, or a metric that scored nothing): see $dir/score$_sfx/score.log"
             mark_done "$dir/.score$_sfx.done" "${_fp[@]}"
@@ -784,7 +788,7 @@ if run_stage 10; then
             ${_infer_cmd} "$dir/probe.log" \
                 ${python} -m xytok.bin.probe "${_probe_model_opts[@]}" \
                     --train_data "$data_feats/$train_set" --valid_data "$data_feats/$valid_set" \
-                    --device "$_device" --output_dir "$dir" ${probe_args} "$@"
+                    --device "$_device" --output_dir "$dir" --language "$asr_language" ${probe_args} "$@"
             mark_done "$dir/.done" "${_fp[@]}"
         fi
         while read -r _line; do log "  ${dir##*/}: ${_line}"; done < "$dir/wer.txt"  # %WER and %CER

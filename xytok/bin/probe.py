@@ -11,6 +11,12 @@ frames are repeated to ~50 Hz (x4 for 12.5 Hz codecs, none for >= 50 Hz ones).
 
 Writes OUT/probe.json (WER, CER, counts, settings), OUT/wer.txt (Kaldi form), OUT/hyp.txt and caches
 the features in OUT/feats/*.ark (reused when the model and data are unchanged).
+
+--language xx (e.g. zh): the character vocabulary comes from --train_data's text normalised for that
+language (basic_multilingual unless --normalizer says otherwise), so Mandarin characters are in it;
+for languages written without spaces (zh, yue, ja, th, lo, my, km, bo) CER is the primary metric
+(first line of wer.txt, RESULTS.md column `CER`). Validation characters missing from the vocabulary
+are counted in probe.json (valid_oov_chars).
 """
 from __future__ import annotations
 
@@ -59,6 +65,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame_dropout", type=float, default=0.0,
                    help="probability of zeroing a whole input frame during probe training")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--language", default="en",
+                   help="language of the transcripts (ISO code; zh-CN -> zh): normaliser and primary metric "
+                        "(CER for languages written without spaces)")
+    p.add_argument("--normalizer", default="auto",
+                   choices=["auto", "basic_english", "basic_multilingual", "none"],
+                   help="normaliser of the transcripts (auto: basic_english for en, basic_multilingual otherwise)")
+    p.add_argument("--vocab_min_count", type=int, default=1,
+                   help="training characters seen fewer times share one unknown symbol (1: every character kept)")
     p.add_argument("--device", default="cpu", help="device for feature extraction")
     p.add_argument("--nthreads", type=int, default=1, help="torch threads (results are deterministic per setting)")
     return p
@@ -132,7 +146,8 @@ def main(argv=None) -> int:
                       batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed,
                       warmup=args.warmup, schedule=args.schedule, lr_min_ratio=args.lr_min_ratio,
                       grad_clip=args.grad_clip, weight_decay=args.weight_decay, subsample=args.subsample,
-                      frame_dropout=args.frame_dropout,
+                      frame_dropout=args.frame_dropout, language=args.language, normalizer=args.normalizer,
+                      vocab_min_count=args.vocab_min_count,
                       upsample=upsample_factor(family_codec.frame_rate) if family_codec else 4)
     res = train_and_evaluate(load_items(scps["train"]), load_items(scps["valid"]),
                              read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg,
@@ -161,11 +176,15 @@ def main(argv=None) -> int:
     (out / "probe.json").write_text(json.dumps(res, indent=2))
     note = (f", {res['n_valid_unfeaturised']} unfeaturised (counted as all deletions)"
             if res["n_valid_unfeaturised"] else "")
-    (out / "wer.txt").write_text(f"{res['wer_counts']['kaldi']}  # probe, {res['n_valid']} utts{note}\n"
-                                 f"{res['cer_counts']['kaldi']}  # probe, {res['n_valid']} utts{note}\n")
+    # primary metric first (CER for languages written without spaces)
+    order = ("cer", "wer") if res["metric"] == "cer" else ("wer", "cer")
+    oov = (f"; {res['valid_oov_chars']} of {res['valid_ref_chars']} reference characters not in the training "
+           f"vocabulary ({res['vocab_size']} characters, language {res['language']})")
+    lines = [f"{res[m + '_counts']['kaldi']}  # probe, {res['n_valid']} utts{note}{oov}" for m in order]
+    (out / "wer.txt").write_text("".join(ln + "\n" for ln in lines))
     (out / "hyp.txt").write_text("".join(f"{u} {h}\n" for u, h in sorted(hyps.items())))
-    print(res["wer_counts"]["kaldi"])
-    print(res["cer_counts"]["kaldi"])
+    for ln in lines:
+        print(ln)
     return 0
 
 

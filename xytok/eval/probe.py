@@ -4,6 +4,13 @@ frozen codec -> continuous quantised embeddings z_q (quantizer output, 12.5 Hz) 
 50 Hz -> 2-layer BiLSTM -> character CTC, trained on a training set; greedy CTC decoding; WER/CER on
 a validation set. A lower WER means the tokens carry more text (semantic) information.
 
+Languages: the character vocabulary is built from the normalised training transcripts of the
+language probed (ProbeConfig.language; normaliser basic_english for English, basic_multilingual
+otherwise), so Mandarin characters are in it. Characters seen fewer than `vocab_min_count` times
+share one unknown symbol (UNK); validation characters outside the vocabulary are counted (the probe
+cannot emit them: they are errors). For languages written without spaces (xytok.eval.wer.CER_LANGUAGES)
+the CTC targets carry no spaces next to Han/kana characters and CER is the primary metric.
+
 Features are cached in kaldiio ark/scp (at 12.5 Hz; the repetition happens when batches are made),
 keyed by a fingerprint of the model and the data, so re-runs only train the probe.
 """
@@ -16,6 +23,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from xytok.eval.normalizer import BasicEnglishNormalizer
-from xytok.eval.wer import corpus_error_counts
+from xytok.eval.normalizer import get_normalizer, join_split_chars
+from xytok.eval.wer import corpus_error_counts, resolve_asr_metric
 from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.probe")
@@ -173,18 +181,34 @@ def unfeaturised(scp: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------- probe model
-class CharVocab:
-    """CTC blank = 0; characters of the normalised training transcripts (space = word boundary)."""
+UNK = "\u2047"  # ⁇: the probe's unknown-character symbol (punctuation: no normaliser lets it through)
 
-    def __init__(self, texts):
-        self.chars = sorted({c for t in texts for c in t})
+
+class CharVocab:
+    """CTC blank = 0; characters of the normalised training transcripts (space = word boundary).
+
+    min_count > 1: characters seen fewer times share the symbol UNK (last index, present only when
+    some character is that rare); `encode` maps characters outside the vocabulary to UNK when it
+    exists, else drops them."""
+
+    def __init__(self, texts, min_count: int = 1):
+        counts = Counter(c for t in texts for c in t)
+        kept = sorted(c for c, n in counts.items() if n >= min_count)
+        self.rare = {c: n for c, n in counts.items() if n < min_count}
+        self.chars = kept + ([UNK] if self.rare else [])
         self.index = {c: i + 1 for i, c in enumerate(self.chars)}
+        self.unk_id = self.index.get(UNK) if self.rare else None
 
     def __len__(self):
         return len(self.chars) + 1
 
+    def __contains__(self, ch: str) -> bool:
+        return ch in self.index and ch != UNK
+
     def encode(self, text: str) -> list[int]:
-        return [self.index[c] for c in text if c in self.index]
+        if self.unk_id is None:
+            return [self.index[c] for c in text if c in self.index]
+        return [self.index[c] if c in self else self.unk_id for c in text]
 
     def greedy_decode(self, ids) -> str:
         from xytok.asr.ctc import ctc_collapse
@@ -215,7 +239,10 @@ class ProbeConfig:
     lr: float = 1e-3
     dropout: float = 0.1
     seed: int = 0
-    normalizer: str = "basic_english"
+    # language of the transcripts (ISO code): picks the normaliser ("auto") and the primary metric
+    language: str = "en"
+    normalizer: str = "auto"  # auto: basic_english for en, basic_multilingual otherwise
+    vocab_min_count: int = 1  # training characters seen fewer times map to UNK (1: none)
     # LR schedule: linear warm-up over the first `warmup` fraction of the steps, then `schedule`
     # ("cosine" decay to lr_min_ratio * lr, or "constant"). Warm-up lets a higher peak lr be used
     # without the early CTC blow-ups; decay makes the last epochs settle.
@@ -278,10 +305,14 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    norm = BasicEnglishNormalizer()
+    norm = get_normalizer(cfg.normalizer, language=cfg.language)
+    metric = resolve_asr_metric("auto", cfg.language)
+    # CER languages: no spaces between Han/kana characters in the targets (nothing to learn there)
+    target_text = (lambda u: join_split_chars(norm(train_text[u]))) if metric == "cer" else (
+        lambda u: norm(train_text[u]))
     train_items = [it for it in train_items if it[0] in train_text]
-    vocab = CharVocab(norm(train_text[u]) for u, _ in train_items)
-    targets = {u: vocab.encode(norm(train_text[u])) for u, _ in train_items}
+    vocab = CharVocab((target_text(u) for u, _ in train_items), cfg.vocab_min_count)
+    targets = {u: vocab.encode(target_text(u)) for u, _ in train_items}
     # CTC needs T >= len(target) (+ repeats); drop impossible utterances, counted.
     if cfg.upsample < 1 or cfg.upsample % cfg.subsample:
         raise ValueError(f"subsample must divide the x{cfg.upsample} repetition, got {cfg.subsample}")
@@ -335,8 +366,17 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     refs.update({u: valid_text[u] for u in missing})  # no hypothesis -> all deletions
     wer = corpus_error_counts(refs, hyps, norm)
     cer = corpus_error_counts(refs, hyps, norm, unit="char")
+    # validation characters the probe cannot emit (not in the training text's vocabulary)
+    valid_chars = Counter(c for u in refs for c in norm(refs[u]).replace(" ", ""))
+    oov = {c: n for c, n in valid_chars.items() if c not in vocab}
     return {
         "wer": wer.rate, "cer": cer.rate,
+        "metric": metric, "language": cfg.language, "normalizer_name": norm.name,
+        "vocab_size": len(vocab.chars), "vocab_min_count": cfg.vocab_min_count,
+        "vocab_unk": UNK if vocab.unk_id is not None else None,
+        "n_train_chars_as_unk": sum(vocab.rare.values()),
+        "valid_ref_chars": sum(valid_chars.values()), "valid_oov_chars": sum(oov.values()),
+        "valid_oov_examples": sorted(oov, key=lambda c: (-oov[c], c))[:20],
         "wer_counts": {**wer.to_dict(), "kaldi": wer.kaldi_line("WER")},
         "cer_counts": {**cer.to_dict(), "kaldi": cer.kaldi_line("CER")},
         "n_train": len(usable), "n_train_dropped": len(train_items) - len(usable), "n_valid": len(refs),
