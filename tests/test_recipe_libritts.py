@@ -54,7 +54,7 @@ def _speech(text: str, rng) -> np.ndarray:
             + 0.01 * rng.standard_normal(n)).astype(np.float32)
 
 
-def make_tree(root: Path, rng=None) -> dict:
+def make_tree(root: Path, rng=None, tree=TREE) -> dict:
     """LibriTTS/<part>/<spk>/<chap>/<spk>_<chap>_<para>_<sent>.{wav,normalized.txt,original.txt}.
 
     Returns {part: {recipe utt id: (wav path, normalized text, original text, n_samples at 24 kHz)}}
@@ -62,7 +62,7 @@ def make_tree(root: Path, rng=None) -> dict:
     rng = rng or np.random.default_rng(0)
     made = {}
     k = 0
-    for part, spks in TREE.items():
+    for part, spks in tree.items():
         made[part] = {}
         for spk, chapters in spks.items():
             for chap, n in chapters:
@@ -80,6 +80,8 @@ def make_tree(root: Path, rng=None) -> dict:
                     made[part][stem.replace("_", "-")] = (d / f"{stem}.wav", normalized, original, len(wav))
                 # the corpus's bookkeeping files, which the recipe ignores
                 (d / f"{spk}_{chap}.trans.tsv").write_text("x\ty\tz\n")
+    if tree is not TREE:
+        return made
     tr = root / "LibriTTS" / "train-clean-100"
     for reason, stem in BROKEN.items():
         d = tr / stem.split("_")[0] / stem.split("_")[1]
@@ -205,6 +207,25 @@ def test_original_text_and_missing_part(tmp_path):
     assert r.returncode != 0 and "dev-other not found and --download false" in r.stderr
     r = run("local/data.sh --parts dev-clean --text raw", rdir, {"LIBRITTS": str(tmp_path / "c")})
     assert r.returncode != 0 and "--text must be normalized or original" in r.stderr
+
+
+def test_train_960_combines_the_training_parts(tmp_path):
+    tree = {"train-clean-100": {"19": [("198", 1)]}, "train-clean-360": {"20": [("205", 1)]},
+            "train-other-500": {"21": [("210", 2)]}, "dev-clean": {"84": [("121123", 1)]}}
+    made = make_tree(tmp_path / "c", tree=tree)
+    rdir = make_recipe(tmp_path, "libritts")
+    env = {"LIBRITTS": str(tmp_path / "c"), "XYTOK_TRAIN_SET": "train_960", "XYTOK_VALID_SET": "dev_clean",
+           "XYTOK_TEST_SETS": "dev_clean"}
+    r = run("local/data.sh --download false", rdir, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    train = {u for p in ("train-clean-100", "train-clean-360", "train-other-500") for u in made[p]}
+    assert set(read_kv(rdir / "data/train_960/text")) == train and len(train) == 4
+    assert_c_sorted(rdir / "data/train_960/utt2spk")
+    # --text original re-prepares every part and the combined set
+    r = run("local/data.sh --download false --text original", rdir, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    text = read_kv(rdir / "data/train_960/text")
+    assert {u: text[u] for u in train} == {u: v[2] for p in made if p != "dev-clean" for u, v in made[p].items()}
 
 
 def test_entry_point_help(tmp_path):

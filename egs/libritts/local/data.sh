@@ -4,7 +4,8 @@
 # Uses parts already present in $LIBRITTS/LibriTTS/<part> and downloads missing ones from OpenSLR
 # resource 60 (resumable, checksum-verified, extracted with a .complete marker). Writes Kaldi data
 # dirs data/<part with _> (wav.scp, text, utt2spk, spk2utt), validated; utterances whose wav or text
-# file is missing or empty are skipped and counted (python -m xytok.bin.libritts_data).
+# file is missing or empty are skipped and counted (python -m xytok.bin.libritts_data). train_960 is
+# made from the three training parts when asked for (--train_set train_960).
 set -euo pipefail
 log() { echo "$(date '+%Y-%m-%dT%H:%M:%S') (local/data.sh) $*"; }
 
@@ -36,14 +37,18 @@ mirrors=${LIBRITTS_MIRRORS:-"https://www.openslr.org/resources/60 https://us.ope
 # LIBRITTS_CHECKSUMS=file (environment): "<part> <sha256> <size>" lines replacing the table above
 # (a re-released archive, or tests serving their own).
 if [ -n "${LIBRITTS_CHECKSUMS:-}" ]; then
-    while read -r p h s; do [ -n "$p" ] && SHA256[$p]=$h && SIZE[$p]=$s; done < "$LIBRITTS_CHECKSUMS"
+    while read -r p h s; do
+        if [ -n "$p" ]; then SHA256[$p]=$h; SIZE[$p]=$s; fi
+    done < "$LIBRITTS_CHECKSUMS"
 fi
 
 case "$text" in normalized|original) ;; *) echo "local/data.sh: --text must be normalized or original (got '$text')" >&2; exit 1 ;; esac
+want_960=false
 if [ -z "$parts" ]; then
     # The sets of this run (exported by xytok.sh), with _ turned back into -.
     for s in ${XYTOK_TRAIN_SET:-train_clean_100} ${XYTOK_VALID_SET:-dev_clean} ${XYTOK_TEST_SETS:-test_clean}; do
-        parts+=" ${s//_/-}"
+        if [ "$s" = train_960 ]; then want_960=true; parts+=" train-clean-100 train-clean-360 train-other-500"
+        else parts+=" ${s//_/-}"; fi
     done
 fi
 parts=$(echo $parts | tr ' ' '\n' | awk '!seen[$0]++' | tr '\n' ' ')
@@ -77,9 +82,15 @@ for part in $parts; do
         log "$part: $dset already prepared ($text text)"
         continue
     fi
-    rm -f "$dset/.done"
+    rm -f "$dset/.done" data/train_960/.done  # train_960 is rebuilt from the new part
     python3 -m xytok.bin.libritts_data --corpus_dir "$LIBRITTS/LibriTTS" --part "$part" --text "$text" --out "$dset"
     utils/validate_data_dir.sh --no-feats "$dset"
     echo "text=$text" > "$dset/.done"
 done
+if "$want_960" && [ "$(cat data/train_960/.done 2>/dev/null)" != "text=$text" ]; then
+    # the three training parts (555 h) as one set, as LibriSpeech's train_960
+    utils/combine_data.sh data/train_960 data/train_clean_100 data/train_clean_360 data/train_other_500
+    utils/validate_data_dir.sh --no-feats data/train_960
+    echo "text=$text" > data/train_960/.done
+fi
 log "done: $(for p in $parts; do printf 'data/%s ' "${p//-/_}"; done)"
