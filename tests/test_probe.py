@@ -139,7 +139,7 @@ def test_probe_cli_and_feature_cache(librivox_dirs, tmp_path, monkeypatch):
     assert res["n_train"] == 3 and res["n_valid"] == 2 and res["input_dim"] == 256
     assert 0.0 <= res["wer"] and len(res["train_loss"]) == 2
     assert (tmp_path / "wer.txt").read_text().startswith("%WER ")
-    assert (tmp_path / "feats" / "train.ark").is_file() and (tmp_path / "hyp.txt").is_file()
+    assert (tmp_path / "feats" / "train" / "index.tsv").is_file() and (tmp_path / "hyp.txt").is_file()
 
     # Re-run: features come from the cache, the codec is not even built.
     import xytok.codec
@@ -161,9 +161,8 @@ def test_probe_cli_and_feature_cache(librivox_dirs, tmp_path, monkeypatch):
 
 def test_probe_random_init_control(librivox_dirs, tmp_path):
     """--random_init: k-means codebooks (step 0) give frame-varying z_q; zero codebooks a constant."""
-    import kaldiio
-
     from xytok.bin.probe import main
+    from xytok.eval.probe import load_items
 
     d = librivox_dirs
     common = ["--config", str(GOLDEN / "config.yaml"), "--random_init", "--train_data", str(d / "train"),
@@ -174,7 +173,7 @@ def test_probe_random_init_control(librivox_dirs, tmp_path):
         assert main(common + ["--out", str(out), "--codebook_init", init]) == 0
         res = json.loads((out / "probe.json").read_text())
         assert res["random_init"] and res["model_checkpoint"] is None and res["codebook_init"] == init
-        feats = [m for _, m in kaldiio.load_scp_sequential(str(out / "feats" / "train.scp"))]
+        feats = [m for _, m in load_items(out / "feats" / "train")]
         spread[init] = max(float(np.asarray(m).std(0).max()) for m in feats)
     assert spread["zero"] < 1e-5 < spread["kmeans"]
     assert res["codebook_init_frames"] is None

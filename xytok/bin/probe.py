@@ -10,7 +10,12 @@
 frames are repeated to ~50 Hz (x4 for 12.5 Hz codecs, none for >= 50 Hz ones).
 
 Writes OUT/probe.json (WER, CER, counts, settings), OUT/wer.txt (Kaldi form), OUT/hyp.txt and caches
-the features in OUT/feats/*.ark (reused when the model and data are unchanged).
+the features in OUT/feats/{train,valid}/ as float16 shards (reused when the model and data are
+unchanged; a killed extraction resumes). At corpus scale (train-clean-100: ~28 GB of float16 z_q)
+training streams the shards through --shuffle_buffer_frames (memory: buffer + one --shard_mb shard),
+takes the normalisation statistics in one streaming pass, and runs the BiLSTM on --device
+(cuda for the paper-size probe); --extract_batch_size utterances go through the codec per call
+where it batches (xy: identical features to one at a time).
 
 --language xx (e.g. zh): the character vocabulary comes from --train_data's text normalised for that
 language (basic_multilingual unless --normalizer says otherwise), so Mandarin characters are in it;
@@ -73,7 +78,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="normaliser of the transcripts (auto: basic_english for en, basic_multilingual otherwise)")
     p.add_argument("--vocab_min_count", type=int, default=1,
                    help="training characters seen fewer times share one unknown symbol (1: every character kept)")
-    p.add_argument("--device", default="cpu", help="device for feature extraction")
+    p.add_argument("--device", default="cpu",
+                   help="device for feature extraction and the probe BiLSTM (cpu, cuda, cuda:N; float32)")
+    p.add_argument("--shuffle_buffer_frames", type=int, default=200_000,
+                   help="training features held at once, in codec frames (0 = the whole set); with one "
+                        "--shard_mb shard this bounds the probe's feature memory")
+    p.add_argument("--shard_mb", type=float, default=128.0, help="size of the float16 feature shards on disk")
+    p.add_argument("--extract_batch_size", type=int, default=8,
+                   help="utterances per codec call during feature extraction (xy batches; other families one by one)")
     p.add_argument("--nthreads", type=int, default=1, help="torch threads (results are deterministic per setting)")
     return p
 
@@ -101,11 +113,17 @@ def main(argv=None) -> int:
     import torch
 
     from xytok.eval.inputs import read_text
-    from xytok.eval.probe import (FEATURE_OVERLAP_SECONDS, ProbeConfig, cache_features, kmeans_init_codebooks,
-                                  load_items, unfeaturised,
+    from xytok.eval.probe import (FEATURE_OVERLAP_SECONDS, ProbeConfig, cache_features, cached_features,
+                                  kmeans_init_codebooks, open_features, resolve_device, unfeaturised,
                                   model_fingerprint, resolve_model, train_and_evaluate, upsample_factor)
 
     torch.set_num_threads(args.nthreads)
+    try:
+        resolve_device(args.device)  # before any extraction: no CUDA -> say so now
+    except ValueError as e:
+        raise SystemExit(f"probe: {e}")
+    if args.shuffle_buffer_frames < 0 or args.extract_batch_size < 1 or args.shard_mb <= 0:
+        raise SystemExit("probe: --shuffle_buffer_frames must be >= 0, --extract_batch_size >= 1, --shard_mb > 0")
     family_codec = None
     if args.codec:
         if args.model or args.config or args.random_init:
@@ -129,8 +147,7 @@ def main(argv=None) -> int:
                 raise FileNotFoundError(f"{d}/{f} not found (the probe needs a Kaldi data dir with wav.scp and text)")
     codec = family_codec
     for name, d in (("train", args.train_data), ("valid", args.valid_data)):
-        meta = feat_dir / f"{name}.meta.json"
-        if codec is None and not (meta.is_file() and json.loads(meta.read_text()).get("model") == fp):
+        if codec is None and not cached_features(d, feat_dir, name, fp):
             from xytok.codec import load_codec
 
             logging.getLogger("xytok.probe").info("loading codec %s (%s)", config, ckpt or "random init")
@@ -140,16 +157,18 @@ def main(argv=None) -> int:
                 n = kmeans_init_codebooks(codec, args.train_data, args.codebook_init_frames, args.device)
                 logging.getLogger("xytok.probe").info("random init: codebooks k-means-initialised on %d "
                                                       "frames of %s", n, args.train_data)
-        scps[name] = cache_features(codec, d, feat_dir, name, fp, args.device)
+        scps[name] = cache_features(codec, d, feat_dir, name, fp, args.device, batch_size=args.extract_batch_size,
+                                    shard_mb=args.shard_mb)
 
     cfg = ProbeConfig(hidden=args.hidden, num_layers=args.num_layers, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, dropout=args.dropout, seed=args.seed,
                       warmup=args.warmup, schedule=args.schedule, lr_min_ratio=args.lr_min_ratio,
                       grad_clip=args.grad_clip, weight_decay=args.weight_decay, subsample=args.subsample,
                       frame_dropout=args.frame_dropout, language=args.language, normalizer=args.normalizer,
-                      vocab_min_count=args.vocab_min_count,
+                      vocab_min_count=args.vocab_min_count, device=args.device,
+                      shuffle_buffer_frames=args.shuffle_buffer_frames,
                       upsample=upsample_factor(family_codec.frame_rate) if family_codec else 4)
-    res = train_and_evaluate(load_items(scps["train"]), load_items(scps["valid"]),
+    res = train_and_evaluate(open_features(scps["train"]), open_features(scps["valid"]),
                              read_text(Path(args.train_data) / "text"), read_text(Path(args.valid_data) / "text"), cfg,
                              valid_unfeaturised=unfeaturised(scps["valid"]))
     res["n_train_unfeaturised"] = len(unfeaturised(scps["train"]))
@@ -168,7 +187,8 @@ def main(argv=None) -> int:
                              "repeated x4 to 50 Hz")
                             + (f", 1 frame in {args.subsample} kept ({50 // args.subsample} Hz LSTM input)"
                                if args.subsample > 1 else "")
-                            + ", standardised per dimension with train-set statistics",
+                            + ", cached as float16, standardised per dimension with train-set statistics "
+                              "(one streaming pass, float64)",
                 "decoding": "greedy CTC, characters",
                 "unfeaturised": "validation utterances without features count as errors (all words deleted); "
                                 "training ones are left out"})

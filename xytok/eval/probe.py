@@ -11,8 +11,11 @@ share one unknown symbol (UNK); validation characters outside the vocabulary are
 cannot emit them: they are errors). For languages written without spaces (xytok.eval.wer.CER_LANGUAGES)
 the CTC targets carry no spaces next to Han/kana characters and CER is the primary metric.
 
-Features are cached in kaldiio ark/scp (at 12.5 Hz; the repetition happens when batches are made),
-keyed by a fingerprint of the model and the data, so re-runs only train the probe.
+Features are cached on disk as float16 shards (xytok.eval.probe_features; at 12.5 Hz, the repetition
+happens when batches are made), keyed by a fingerprint of the model and the data, so re-runs only
+train the probe; a killed extraction resumes. Training streams them through a bounded shuffle
+buffer and takes the normalisation statistics in one streaming pass, so memory does not grow with
+the training set (train-clean-100: ~4.5 M frames x 3072 dims); the BiLSTM runs on ProbeConfig.device.
 """
 from __future__ import annotations
 
@@ -31,7 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from xytok.checkpoint import atomic_write
 from xytok.eval.normalizer import get_normalizer, join_split_chars
+from xytok.eval.probe_features import (DEFAULT_SHARD_MB, STORE_FORMAT, BatchStream, FeatureStore, ShardWriter,
+                                       as_feature_source, count_batches, pad_batch, plan_epoch, read_meta,
+                                       streaming_stats)
 from xytok.eval.wer import corpus_error_counts, resolve_asr_metric
 from xytok.progress import ProgressLog
 
@@ -138,40 +145,135 @@ def upsample_factor(frame_rate: float) -> int:
     return max(1, int(round(50.0 / frame_rate)))
 
 
-def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint: str, device: str = "cpu") -> str:
-    """Extract z_q for every utterance of a Kaldi data dir into feat_dir/name.{ark,scp}; reuse if valid.
+def extract_zq_batch(codec, wavs, num_quantizers: int | None = None,
+                     overlap_seconds: float = FEATURE_OVERLAP_SECONDS) -> list[np.ndarray]:
+    """``extract_zq`` of several utterances with one ``codec.encode`` call over the list (its 30-s
+    windows batched across utterances, at most one window per utterance per model call); the
+    codes, hence z_q, are those of one-at-a-time extraction (tested). ``num_quantizers``: z_q of
+    the first n RVQ layers (the xy family's --num_quantizers). ValueError if any item cannot be
+    featurised (the caller then goes one by one to name it)."""
+    xs = [torch.as_tensor(np.asarray(w, dtype=np.float32)) for w in wavs]
+    with torch.inference_mode():
+        codes = codec.encode(xs, overlap_seconds=overlap_seconds, batch_size=len(xs),
+                             max_batch_seconds=30.0 * len(xs))
+        out = []
+        for c in codes:
+            c = c[:num_quantizers] if num_quantizers else c
+            zq = codec.decode_codes(c.unsqueeze(1).to(codec.device))  # (1, C, T)
+            out.append(zq[0].transpose(0, 1).float().cpu().numpy())
+    return out
 
-    ``codec``: an XYTokenizer, or any xytok.codecs.Codec (its ``embed`` at its own sample rate)."""
-    import kaldiio
 
-    from xytok.eval.inputs import load_wav, read_scp
+def _featurise(codec, utts, wavs: dict, device: str):
+    """(utt, (T, C) float32 features) or (utt, reason it could not be featurised) per utterance:
+    several utterances per codec call where the codec batches (an XYTokenizer, the xy family),
+    one at a time otherwise (the other families' embed: padding would change their outputs)."""
+    from xytok.eval.inputs import load_wav
 
+    family = hasattr(codec, "embed")  # xytok.codecs interface: audio at the codec's rate
+    loaded = []
+    for u in utts:
+        try:
+            loaded.append((u, load_wav(wavs[u], target_sr=codec.sample_rate if family else SAMPLE_RATE)[0]
+                           .astype(np.float32)))
+        except ValueError as e:
+            yield u, str(e)
+    if family and getattr(codec, "family", "") == "xy" and hasattr(codec, "codec"):
+        batched = dict(tok=codec.codec, num_quantizers=codec.num_quantizers, overlap_seconds=codec.overlap_seconds)
+    elif not family:
+        batched = dict(tok=codec, num_quantizers=None, overlap_seconds=FEATURE_OVERLAP_SECONDS)
+    else:
+        batched = None
+    if batched and len(loaded) > 1:
+        try:
+            feats = extract_zq_batch(batched["tok"], [w for _, w in loaded], batched["num_quantizers"],
+                                     batched["overlap_seconds"])
+        except ValueError:
+            feats = None  # one of them cannot be featurised: one by one below names it
+        if feats is not None:
+            yield from ((u, f) for (u, _), f in zip(loaded, feats))
+            return
+    for u, w in loaded:
+        try:
+            yield u, (codec.embed(w) if family else extract_zq(codec, w, device))
+        except ValueError as e:
+            yield u, str(e)
+
+
+def _feature_cache_key(data_dir: str, fingerprint: str, utts) -> dict:
+    return {"model": fingerprint, "data_dir": os.path.abspath(data_dir),
+            "utts": hashlib.sha1("\n".join(sorted(utts)).encode()).hexdigest(), "format": STORE_FORMAT}
+
+
+def cached_features(data_dir: str, feat_dir: Path, name: str, fingerprint: str) -> str | None:
+    """The store feat_dir/name if it holds finished features of this model and data, else None."""
+    from xytok.eval.inputs import read_scp
+
+    key = _feature_cache_key(data_dir, fingerprint, read_scp(Path(data_dir) / "wav.scp"))
+    meta = read_meta(Path(feat_dir) / f"{name}.meta.json")
+    ok = {k: meta.get(k) for k in key} == key and (Path(feat_dir) / name / "index.tsv").is_file()
+    return str(Path(feat_dir) / name) if ok else None
+
+
+def cache_features(codec, data_dir: str, feat_dir: Path, name: str, fingerprint: str, device: str = "cpu",
+                   batch_size: int = 8, shard_mb: float = DEFAULT_SHARD_MB) -> str:
+    """Features of every utterance of a Kaldi data dir into the float16 store feat_dir/name/ (+
+    feat_dir/name.meta.json); returns its path. A finished store of the same model and data is
+    reused; a killed build continues after its last complete shard; an older cache (float32 Kaldi
+    ark, another model) is replaced, with one log line saying so.
+
+    ``codec``: an XYTokenizer, or any xytok.codecs.Codec (its ``embed`` at its own sample rate);
+    ``batch_size`` utterances per codec call where the codec batches (see ``_featurise``)."""
+    from xytok.eval.inputs import read_scp
+
+    feat_dir = Path(feat_dir)
     wavs = read_scp(Path(data_dir) / "wav.scp")
-    scp, meta_path = feat_dir / f"{name}.scp", feat_dir / f"{name}.meta.json"
-    meta = {"model": fingerprint, "data_dir": os.path.abspath(data_dir),
-            "utts": hashlib.sha1("\n".join(sorted(wavs)).encode()).hexdigest()}
-    old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if scp.is_file() and {k: old.get(k) for k in meta} == meta:
-        log.info("%s: using cached features %s", name, scp)
-        return str(scp)
-    feat_dir.mkdir(parents=True, exist_ok=True)
-    prog, skipped = ProgressLog(len(wavs), f"{name}: features", logger=log), {}
-    with kaldiio.WriteHelper(f"ark,scp:{feat_dir / name}.ark,{scp}") as writer:
-        for i, utt in enumerate(sorted(wavs), 1):
+    store, meta_path = feat_dir / name, feat_dir / f"{name}.meta.json"
+    if cached_features(data_dir, feat_dir, name, fingerprint):
+        log.info("%s: using cached features %s", name, store)
+        return str(store)
+    key = _feature_cache_key(data_dir, fingerprint, wavs)
+    old = read_meta(meta_path)
+    if old.get("format") != STORE_FORMAT and (old or (feat_dir / f"{name}.ark").exists()):
+        log.info("%s: feature cache %s.{ark,scp} is in the old float32 Kaldi format: removed, rebuilding as "
+                 "float16 shards in %s", name, feat_dir / name, store)
+        for suffix in (".ark", ".scp"):
+            (feat_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    elif old:
+        log.info("%s: cached features are of another model or data: rebuilding %s", name, store)
+    meta_path.unlink(missing_ok=True)  # a store without its meta is unfinished
+    writer = ShardWriter(store, key, shard_mb)
+    todo = [u for u in sorted(wavs) if u not in writer.done]
+    if writer.resumed:
+        log.info("%s: resuming the feature build in %s: %d of %d utterances done (%d shards)", name, store,
+                 len(wavs) - len(todo), len(wavs), writer.n_shards)
+    prog, frames = ProgressLog(len(todo), f"{name}: features", logger=log), 0
+    for b0 in range(0, len(todo), max(1, batch_size)):
+        for utt, feats in _featurise(codec, todo[b0:b0 + max(1, batch_size)], wavs, device):
             try:
-                if hasattr(codec, "embed"):  # xytok.codecs interface: audio at the codec's rate
-                    writer(utt, codec.embed(load_wav(wavs[utt], target_sr=codec.sample_rate)[0].astype(np.float32)))
-                else:
-                    writer(utt, extract_zq(codec, load_wav(wavs[utt])[0], device))
+                if isinstance(feats, str):
+                    raise ValueError(feats)
+                writer.add(utt, feats)
+                frames += len(feats)
             except ValueError as e:
-                skipped[utt] = str(e)
+                writer.skip(utt, str(e))
                 log.warning("%s: %s: skipped (%s)", name, utt, e)
-            prog.update(i)
+        prog.update(min(b0 + max(1, batch_size), len(todo)), f", {frames} frames")
+    info = writer.finish()
+    skipped = writer.skipped
     if skipped:
         log.warning("%s: %d of %d utterances could not be featurised (counted as errors when scored)",
                     name, len(skipped), len(wavs))
-    meta_path.write_text(json.dumps({**meta, "unfeaturised": skipped}))
-    return str(scp)
+    log.info("%s: %d utterances, %d frames x %s dims in %d float16 shards (%.2f GB) at %s", name, info["n_utts"],
+             info["n_frames"], info["dim"], info["n_shards"], info["n_frames"] * (info["dim"] or 0) * 2 / 1e9, store)
+    meta = {**key, **info, "shard_mb": shard_mb, "unfeaturised": skipped}
+    atomic_write(meta_path, lambda tmp: Path(tmp).write_text(json.dumps(meta)))
+    return str(store)
+
+
+def open_features(path: str | os.PathLike) -> FeatureStore:
+    """The float16 feature store written by ``cache_features`` (read lazily, shard by shard)."""
+    return FeatureStore(path)
 
 
 def unfeaturised(scp: str | os.PathLike) -> dict:
@@ -259,22 +361,31 @@ class ProbeConfig:
     # Frame repetition before the LSTM (codec frames -> ~50 Hz): 4 for 12.5 Hz codecs (the paper),
     # 1 for codecs at >= 50 Hz (upsample_factor).
     upsample: int = UPSAMPLE
+    # Where the BiLSTM trains ("cpu", "cuda", "cuda:1"; float32 either way).
+    device: str = "cpu"
+    # Training features stream through a shuffle buffer of at most this many (codec-rate) frames
+    # (0 = unbounded): memory held = buffer + one shard, whatever the training set's size.
+    # 200000 frames = 4.4 h of 12.5 Hz audio, 1.2 GB of float16 at 3072 dims.
+    shuffle_buffer_frames: int = 200_000
 
 
-def _batches(items, batch_size, shuffle, rng):
-    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))  # length-sorted -> little padding
-    groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if shuffle:
-        rng.shuffle(groups)
-    return groups
+def resolve_device(device: str) -> torch.device:
+    """torch.device for the probe; a clear error when CUDA is asked for and absent."""
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available (torch {torch.__version__}, CUDA build "
+                         f"{torch.version.cuda or 'none'}, {torch.cuda.device_count()} GPUs visible); use --device cpu")
+    return d
 
 
-def _collate(items, idx, mean, std, subsample=1, upsample=UPSAMPLE):
-    feats = [torch.from_numpy((items[i][1] - mean) / std).repeat_interleave(upsample, dim=0)[::subsample]
-             for i in idx]
-    lengths = torch.tensor([len(f) for f in feats])
-    x = nn.utils.rnn.pad_sequence(feats, batch_first=True).float()
-    return x, lengths
+def _batch_tensors(batch, mean, std, subsample: int, upsample: int, device):
+    """[(utt, (T_i, C))] -> standardised, repeated x upsample, every subsample-th frame kept:
+    (B, T', C) float32 on `device` and LSTM lengths (B,) (CPU). Float16 features cross to the
+    device as float16 and become float32 there. Padded frames are masked by the packed LSTM."""
+    padded, lengths = pad_batch(batch)
+    x = torch.from_numpy(padded).to(device, non_blocking=True).float()
+    x = ((x - mean) / std).repeat_interleave(upsample, dim=1)[:, ::subsample]
+    return x, torch.from_numpy((lengths * upsample + subsample - 1) // subsample)
 
 
 def lr_factor(schedule: str, warmup: float, min_ratio: float, total_steps: int):
@@ -296,7 +407,8 @@ def lr_factor(schedule: str, warmup: float, min_ratio: float, total_steps: int):
 
 def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: dict, cfg: ProbeConfig,
                        valid_unfeaturised: dict | None = None) -> dict:
-    """items: list of (utt, feats (T, C) at 12.5 Hz). Returns metrics and the valid hypotheses.
+    """items: list of (utt, feats (T, C) at the codec's frame rate), or a FeatureStore (features on
+    disk, streamed: see xytok.eval.probe_features). Returns metrics and the valid hypotheses.
 
     `valid_unfeaturised` ({utt: reason}, see `unfeaturised`): validation utterances without
     features stay in the WER/CER denominator with an empty hypothesis (all their words deleted),
@@ -310,44 +422,66 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     # CER languages: no spaces between Han/kana characters in the targets (nothing to learn there)
     target_text = (lambda u: join_split_chars(norm(train_text[u]))) if metric == "cer" else (
         lambda u: norm(train_text[u]))
-    train_items = [it for it in train_items if it[0] in train_text]
+    train_src, valid_src = as_feature_source(train_items), as_feature_source(valid_items)
+    # (utt, frames) pairs: the features stay where they are (on disk for a FeatureStore)
+    train_items = [(u, n) for u, n in train_src.lengths.items() if u in train_text]
     vocab = CharVocab((target_text(u) for u, _ in train_items), cfg.vocab_min_count)
     targets = {u: vocab.encode(target_text(u)) for u, _ in train_items}
     # CTC needs T >= len(target) (+ repeats); drop impossible utterances, counted.
     if cfg.upsample < 1 or cfg.upsample % cfg.subsample:
         raise ValueError(f"subsample must divide the x{cfg.upsample} repetition, got {cfg.subsample}")
     frames = cfg.upsample // cfg.subsample  # LSTM frames per code frame
-    usable = [it for it in train_items if len(it[1]) * frames >= len(targets[it[0]]) and targets[it[0]]]
+    usable = [(u, n) for u, n in train_items if n * frames >= len(targets[u]) and targets[u]]
     if not usable:
         raise ValueError("no usable training utterances (need text and frames >= characters)")
-    stacked = np.concatenate([f for _, f in usable], axis=0)
-    mean, std = stacked.mean(0), stacked.std(0) + 1e-5  # per-dimension standardisation from the train set
+    device = resolve_device(cfg.device)
+    usable_ids = [u for u, _ in usable]
+    start = time.time()
+    mean, std, n_train_frames = streaming_stats(train_src, usable_ids)
+    log.info("probe: per-dimension mean/std over %d train frames of %d utterances (one streaming pass, "
+             "float64 accumulators, %.0f s)", n_train_frames, len(usable), time.time() - start)
+    # per-dimension standardisation from the train set
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device)
+    std_t = torch.as_tensor(std + 1e-5, dtype=torch.float32, device=device)
 
-    model = BiLSTMCTC(stacked.shape[1], cfg.hidden, len(vocab), cfg.num_layers, cfg.dropout)
+    model = BiLSTMCTC(train_src.dim, cfg.hidden, len(vocab), cfg.num_layers, cfg.dropout).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(_batches(usable, cfg.batch_size, False, rng))
+    # Every epoch's batches are planned from the lengths alone (no feature read), so the LR schedule
+    # knows its steps; the read order of the shards has its own RNG, so a set that fits the buffer
+    # gets the same batches whatever its shards.
+    capacity = cfg.shuffle_buffer_frames or None
+    plans = [plan_epoch(train_src, usable_ids, cfg.batch_size, capacity, rng,
+                        random.Random(f"probe-read-order-{cfg.seed}-{e}")) for e in range(1, cfg.epochs + 1)]
+    steps = [count_batches(p) for p in plans]
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_factor(cfg.schedule, cfg.warmup, cfg.lr_min_ratio, steps_per_epoch * cfg.epochs))
+        opt, lr_factor(cfg.schedule, cfg.warmup, cfg.lr_min_ratio, sum(steps)))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
-    history, start = [], time.time()
-    for epoch in range(1, cfg.epochs + 1):
+    history, start, peak_held = [], time.time(), 0
+    log.info("probe: BiLSTM on %s (float32), %d steps/epoch, shuffle buffer %s frames", device, steps[0],
+             capacity or "unbounded")
+    for epoch, plan in enumerate(plans, 1):
         model.train()
-        total, n = 0.0, 0
-        for idx in _batches(usable, cfg.batch_size, True, rng):
-            x, lengths = _collate(usable, idx, mean, std, cfg.subsample, cfg.upsample)
+        total, n, n_frames, t_epoch = 0.0, 0, 0, time.time()
+        stream = BatchStream(train_src, plan)
+        prog = ProgressLog(steps[epoch - 1], f"probe epoch {epoch}/{cfg.epochs}", unit="steps", logger=log)
+        for step, batch in enumerate(stream, 1):
+            x, lengths = _batch_tensors(batch, mean_t, std_t, cfg.subsample, cfg.upsample, device)
             if cfg.frame_dropout > 0:
-                x = x * (torch.rand(x.shape[:2]) >= cfg.frame_dropout).unsqueeze(-1)
-            tg = [torch.tensor(targets[usable[i][0]]) for i in idx]
+                x = x * (torch.rand(x.shape[:2]) >= cfg.frame_dropout).to(device).unsqueeze(-1)
+            tg = [torch.tensor(targets[u]) for u, _ in batch]
             logp = model(x, lengths)
-            loss = ctc(logp.transpose(0, 1), torch.cat(tg), lengths, torch.tensor([len(t) for t in tg]))
+            loss = ctc(logp.transpose(0, 1), torch.cat(tg).to(device), lengths, torch.tensor([len(t) for t in tg]))
             opt.zero_grad()
             loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-            n += len(idx)
+            total += loss.item() * len(batch)
+            n += len(batch)
+            n_frames += sum(len(f) for _, f in batch)
+            prog.update(step, f", loss {total / n:.4f}, {n_frames / max(time.time() - t_epoch, 1e-6):.0f} frames/s")
+        peak_held = max(peak_held, stream.peak_held_frames)
         history.append(total / n)
         el = time.time() - start
         log.info("probe epoch %d/%d: train CTC loss %.4f (%.1f s/epoch, ETA %.0f s)", epoch, cfg.epochs,
@@ -356,12 +490,13 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     model.eval()
     hyps = {}
     with torch.inference_mode():
-        for idx in _batches(valid_items, cfg.batch_size, False, rng):
-            x, lengths = _collate(valid_items, idx, mean, std, cfg.subsample, cfg.upsample)
-            best = model(x, lengths).argmax(-1)
-            for j, i in enumerate(idx):
-                hyps[valid_items[i][0]] = vocab.greedy_decode(best[j, : lengths[j]].tolist())
-    refs = {u: valid_text[u] for u, _ in valid_items if u in valid_text}
+        for batch in BatchStream(valid_src, plan_epoch(valid_src, list(valid_src.lengths), cfg.batch_size,
+                                                       capacity, None)):
+            x, lengths = _batch_tensors(batch, mean_t, std_t, cfg.subsample, cfg.upsample, device)
+            best = model(x, lengths).argmax(-1).cpu()
+            for j, (u, _) in enumerate(batch):
+                hyps[u] = vocab.greedy_decode(best[j, : lengths[j]].tolist())
+    refs = {u: valid_text[u] for u in valid_src.lengths if u in valid_text}
     missing = {u: why for u, why in (valid_unfeaturised or {}).items() if u in valid_text and u not in refs}
     refs.update({u: valid_text[u] for u in missing})  # no hypothesis -> all deletions
     wer = corpus_error_counts(refs, hyps, norm)
@@ -381,7 +516,8 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
         "cer_counts": {**cer.to_dict(), "kaldi": cer.kaldi_line("CER")},
         "n_train": len(usable), "n_train_dropped": len(train_items) - len(usable), "n_valid": len(refs),
         "n_valid_unfeaturised": len(missing), "valid_unfeaturised": missing,
-        "input_dim": int(stacked.shape[1]), "vocab": vocab.chars, "train_loss": history,
+        "input_dim": int(train_src.dim), "vocab": vocab.chars, "train_loss": history,
+        "n_train_frames": n_train_frames, "device": str(device), "peak_buffered_frames": peak_held,
         "probe_config": asdict(cfg), "normalizer": norm.description,
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_seconds": time.time() - start,
@@ -389,12 +525,12 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     }
 
 
-def load_items(scp: str) -> list:
-    import kaldiio
+def load_items(path: str | os.PathLike) -> list:
+    """Every (utt, float32 frames) of a feature store, in memory (small sets and tests; training
+    streams the store instead)."""
+    return [(u, f.astype(np.float32)) for u, f in open_features(path).items()]
 
-    return [(u, np.asarray(m, dtype=np.float32)) for u, m in kaldiio.load_scp_sequential(scp)]
 
-
-
-__all__ = ["resolve_model", "model_fingerprint", "upsample_factor", "extract_zq", "kmeans_init_codebooks", "cache_features", "unfeaturised", "CharVocab", "BiLSTMCTC",
-           "ProbeConfig", "train_and_evaluate", "load_items", "UPSAMPLE"]
+__all__ = ["resolve_model", "model_fingerprint", "upsample_factor", "extract_zq", "extract_zq_batch",
+           "kmeans_init_codebooks", "cache_features", "cached_features", "open_features", "unfeaturised",
+           "CharVocab", "BiLSTMCTC", "ProbeConfig", "resolve_device", "train_and_evaluate", "load_items", "UPSAMPLE"]
