@@ -169,9 +169,9 @@ def test_score_head_matches_hand_computed_forward():
     for b in range(2):
         x = frames[b, : n[b]].double().numpy()
         x = np.concatenate([x, np.repeat(p["domain_emb"], len(x), 0), np.repeat(p["judge_emb"], len(x), 0)], 1)
-        fwd = _np_lstm(x, p["blstm.weight_ih_l0"], p["blstm.weight_hh_l0"], p["blstm.bias_ih_l0"] + p["blstm.bias_hh_l0"])
-        bwd = _np_lstm(x[::-1], p["blstm.weight_ih_l0_reverse"], p["blstm.weight_hh_l0_reverse"],
-                       p["blstm.bias_ih_l0_reverse"] + p["blstm.bias_hh_l0_reverse"])[::-1]
+        fwd, bwd = (_np_lstm(x[::step], p[f"blstm.weight_ih_l0{sfx}"], p[f"blstm.weight_hh_l0{sfx}"],
+                             p[f"blstm.bias_ih_l0{sfx}"] + p[f"blstm.bias_hh_l0{sfx}"])[::step]
+                    for step, sfx in ((1, ""), (-1, "_reverse")))  # the reverse direction runs back from frame n-1
         hid = np.maximum(np.concatenate([fwd, bwd], 1) @ p["projection.0.weight"].T + p["projection.0.bias"], 0)
         frame_scores = hid @ p["projection.2.weight"].T + p["projection.2.bias"]
         assert got[b] == pytest.approx(2 * frame_scores.mean() + 3, abs=1e-5)

@@ -266,5 +266,5 @@ def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -
     if utmos is not None:
         from xytok.eval.utmos import add_to_results
 
-        add_to_results(utmos, results, ref_list, hyp_list, cfg.utmos_batch_seconds, logger=log)
+        add_to_results(utmos, results, ref_list, hyp_list, cfg.utmos_batch_seconds, logger=log, num_threads=nj)
     return results
