@@ -155,20 +155,21 @@ class SpeechTextDataset(torch.utils.data.Dataset):
 
         return band_energy_db(self._load(self.raw_item(i)), self.target_rate, low_hz)
 
-    def _warn_if_upsampled(self, probe: int = 8, floor_db: float = -60.0) -> None:
-        """Warn when the first items have no energy above 8 kHz: 16 kHz content at a higher rate."""
+    def _warn_if_upsampled(self, probe: int = 8, low_hz: float = 9000.0, floor_db: float = -50.0) -> None:
+        """Warn when the first items have no energy above 9 kHz: 16 kHz content at a higher rate (the
+        polyphase resampler leaves <= -50 dB there; its transition band reaches ~8.5 kHz)."""
         n = min(probe, len(self.index))
         try:
-            levels = [self._band_db(i, SAMPLE_RATE / 2) for i in range(n)]
+            levels = [self._band_db(i, low_hz) for i in range(n)]
         except ValueError as e:  # unreadable audio: reported when the item is trained on
             log.debug("bandwidth probe skipped: %s", e)
             return
         empty = sum(db < floor_db for db in levels)
         if empty == n:
-            log.warning("%s: the first %d items have < %g dB of their energy above %d Hz: 16 kHz (or lower) audio "
+            log.warning("%s: the first %d items have < %g dB of their energy above %g Hz: 16 kHz (or lower) audio "
                         "at %d Hz? The %d Hz decoder would learn to leave the top band empty (use audio recorded "
                         "at >= %d Hz, or data.min_bandwidth_hz to keep only such items)", self.source, n, floor_db,
-                        SAMPLE_RATE // 2, self.target_rate, self.target_rate, self.target_rate)
+                        low_hz, self.target_rate, self.target_rate, self.target_rate)
 
     def _filter_bandwidth(self, min_hz: float, floor_db: float) -> None:
         """Keep items with more than floor_db of their energy at or above min_hz (MOSS-TTSD's choice of
