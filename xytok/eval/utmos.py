@@ -22,6 +22,9 @@ trained on raw waveforms), whole utterance. Utterances of similar length are bat
 masked everywhere it could leak (the first conv's GroupNorm statistics, the positional conv input,
 attention keys, the BLSTM via packed sequences, the frame mean), so a batched score equals the
 unbatched one up to float rounding.
+
+Checked offline with random weights only (keys/shapes, transformers' Wav2Vec2Model for the SSL part,
+a numpy forward for the head), not yet against the released file's scores.
 """
 from __future__ import annotations
 
@@ -41,9 +44,9 @@ MODEL_IDS = {"utmos22_strong": RELEASED_URL}  # the torch.hub name in tarepan/Sp
 DEFAULT_MODEL = RELEASED_URL
 DOMAIN_ID, JUDGE_ID = 0, 288  # baked into the released domain_emb / judge_emb rows
 PROTOCOL = ("UTMOS22 strong learner (SpeechMOS utmos22_strong weights unless --utmos_model says otherwise): "
-            "16 kHz mono input as read (no normalisation/clipping), whole utterance, data domain 0 and judge id "
-            "288, score = 2 * mean of the frame outputs + 3; utmos = the reconstruction, utmos_ref = the reference; "
-            "batches of similar lengths with padding masked (equal to unbatched scoring)")
+            f"16 kHz mono input as read (no normalisation/clipping), whole utterance, data domain {DOMAIN_ID} and "
+            f"judge id {JUDGE_ID}, score = 2 * mean of the frame outputs + 3; utmos = the reconstruction, "
+            "utmos_ref = the reference; batches of similar lengths with padding masked (equal to unbatched scoring)")
 # (kernel, stride) of wav2vec 2.0's conv feature encoder: 400-sample receptive field, 320-sample hop
 CONV_LAYOUT = ((10, 5),) + ((3, 2),) * 4 + ((2, 2),) * 2
 HEAD_DIM = 64  # wav2vec 2.0 base: 768 = 12 heads x 64 (the head count is not in the state dict)
