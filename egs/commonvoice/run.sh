@@ -25,10 +25,10 @@ train_set=train_$suffix
 valid_set=dev_$suffix
 test_sets=test_$suffix
 
-# Stage 9 transcribes with Whisper (multilingual) for WER/CER: pocketsphinx is English-only.
-# TODO(asr_language): pass --asr_language "$lang" once egs/TEMPLATE/xytok.sh has the option.
+# Stages 9-10 score in the run's language (--asr_language: Whisper transcribes in it, the normaliser
+# and WER/CER follow it; zh-CN -> zh); Whisper is multilingual, pocketsphinx English-only.
 ./xytok.sh \
     --train_set "$train_set" --valid_set "$valid_set" --test_sets "$test_sets" \
     --stage1_config conf/train_stage1.yaml --stage2_config conf/train_stage2.yaml \
-    --nbpe 5000 --max_wav_duration 30 --nj 16 --inference_nj 8 --asr_backend whisper \
+    --nbpe 5000 --max_wav_duration 30 --nj 16 --inference_nj 8 --asr_backend whisper --asr_language "$lang" \
     "$@"

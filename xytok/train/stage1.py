@@ -141,13 +141,24 @@ class Stage1Task(Task):
 
     def init_from(self, models, state) -> None:
         model = models["stage1"]
-        if "generator" in state and "models" not in state:  # released format: codec weights only
-            from xytok.checkpoint import load_state_strict
-
-            load_state_strict(model.codec, state["generator"], source="--init_param")
-            log.info("--init_param: codec weights loaded (released format); ASR branch keeps its init")
+        sources = state.get("models", state)
+        if "stage1" in sources:  # a stage-1 training checkpoint: codec and ASR branch
+            super().init_from(models, state)
             return
-        super().init_from(models, state)
+        # Released format ({'generator': sd}) or a stage-2 checkpoint: the codec only, every weight
+        # of it (strict), and the ASR branch starts fresh (e.g. adapting to a new language).
+        from xytok.checkpoint import codec_weights, load_state_strict
+
+        towers = tuple(self.config.get("whisper_init_towers") or ()) if self.config.get("whisper_init") else ()
+        before = {t: {k: v.clone() for k, v in getattr(model.codec, t).state_dict().items()} for t in towers}
+        load_state_strict(model.codec, codec_weights(sources, "--init_param"), source="--init_param")
+        log.info("--init_param: codec weights loaded (%s); the ASR branch keeps its fresh init",
+                 "released format" if "models" not in state else "the codec of a training checkpoint")
+        for tower, old in before.items():  # whisper_init ran first; the checkpoint's weights are kept
+            new = getattr(model.codec, tower).state_dict()
+            same = all(torch.equal(old[k], new[k]) for k in old)
+            log.info("--init_param: %s %s whisper_init %s; the checkpoint's weights are used", tower,
+                     "equals" if same else "differs from", self.config["whisper_init"])
 
     # -- steps --------------------------------------------------------------------------------
     def _losses(self, model, batch, ctx, run_asr=True):
