@@ -90,15 +90,6 @@ def make_release(root: Path, out: Path) -> bytes:
     return out.read_bytes()
 
 
-def recipe(tmp: Path) -> Path:
-    rdir = make_recipe(tmp, "aishell")
-    if "asr_language=" not in (rdir / "xytok.sh").read_text():
-        # the stage script does not take --asr_language (CER scoring) yet: stages 1-5 do not need it
-        run_sh = rdir / "run.sh"
-        run_sh.write_text(run_sh.read_text().replace("    --asr_language zh \\\n", ""))
-    return rdir
-
-
 @pytest.fixture(scope="module")
 def recipe_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("aishell")
@@ -108,7 +99,7 @@ def recipe_run(tmp_path_factory):
     good = make_release(tmp / "made", mirror / "data_aishell.tgz")
     env = {"AISHELL": str(tmp / "corpus"), "AISHELL_MIRRORS": f"file://{mirror}",
            "AISHELL_MD5": hashlib.md5(good).hexdigest()}
-    rdir = recipe(tmp)
+    rdir = make_recipe(tmp, "aishell")
 
     bad = bytearray(good)
     bad[len(bad) // 2] ^= 0xFF
@@ -182,8 +173,9 @@ def test_dump_16k_not_resampled_and_stage5_export(recipe_run):
 def test_extracted_tree_used_as_is_and_resume(recipe_run, tmp_path):
     tmp, rdir0, made, _, _ = recipe_run
     # an already extracted tree (no archives at all): stage 1 uses it as is, same data dirs
-    rdir = recipe(tmp_path)
-    r = run("./run.sh --stage 1 --stop_stage 1", rdir, {"AISHELL": str(tmp / "made"), "AISHELL_MIRRORS": "file:///nowhere"})
+    rdir = make_recipe(tmp_path, "aishell")
+    r = run("./run.sh --stage 1 --stop_stage 1", rdir,
+            {"AISHELL": str(tmp / "made"), "AISHELL_MIRRORS": "file:///nowhere"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "no speaker tarballs: using the extracted tree as is" in r.stdout + r.stderr
     for s in made:
@@ -206,11 +198,21 @@ def test_bad_inputs(tmp_path):
     t.write_text("BAC009S0002W0121 而 对\nBAC009S0002W0121 楼市\n", encoding="utf-8")
     with pytest.raises(DataPrepError, match=r"t.txt:2: duplicate utterance id 'BAC009S0002W0121'"):
         read_transcript(t)
-    rdir = recipe(tmp_path)
+    rdir = make_recipe(tmp_path, "aishell")
     r = run("local/data.sh --sets eval", rdir, {"AISHELL": str(tmp_path)})
     assert r.returncode != 0 and "unknown AISHELL-1 set 'eval'" in r.stderr
     r = run("local/data.sh --download false", rdir, {"AISHELL": str(tmp_path / "nowhere")})
     assert r.returncode != 0 and "AISHELL=" in r.stderr and "does not exist" in r.stderr
+
+
+def test_recipe_settings(tmp_path):
+    """run.sh's Mandarin settings reach xytok.sh: CER scoring language and the char tokenizer."""
+    r = run("./run.sh --help", make_recipe(tmp_path, "aishell"))
+    assert r.returncode == 0, r.stderr
+    for opt, value in (("--asr_language", '"zh"'), ("--bpemode", '"char"'), ("--train_set", '"train"'),
+                       ("--valid_set", '"dev"'), ("--test_sets", '"test"')):
+        line = next(x for x in r.stdout.splitlines() if x.strip().startswith(opt + " "))
+        assert line.split()[1] == value, line
 
 
 def test_entry_point_help(tmp_path):

@@ -228,6 +228,15 @@ def test_train_960_combines_the_training_parts(tmp_path):
     assert {u: text[u] for u in train} == {u: v[2] for p in made if p != "dev-clean" for u, v in made[p].items()}
 
 
+def test_recipe_settings(tmp_path):
+    r = run("./run.sh --help", make_recipe(tmp_path, "libritts"))
+    assert r.returncode == 0, r.stderr
+    for opt, value in (("--train_set", '"train_clean_100"'), ("--valid_set", '"dev_clean"'),
+                       ("--test_sets", '"test_clean test_other"'), ("--fs", '"16000"')):
+        line = next(x for x in r.stdout.splitlines() if x.strip().startswith(opt + " "))
+        assert line.split(None, 1)[1].startswith(value), line
+
+
 def test_entry_point_help(tmp_path):
     r = run([sys.executable, "-m", "xytok.bin.libritts_data", "--help"], tmp_path)
     assert r.returncode == 0 and "--text" in r.stdout
