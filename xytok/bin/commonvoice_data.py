@@ -264,7 +264,10 @@ def extract(archive: Path, dest: Path, lang: str) -> Path:
                     name = Path(member.name)
                     if name.is_absolute() or ".." in name.parts:
                         raise DataPrepError(f"{archive}: unsafe member path '{member.name}'")
-                    tf.extract(member, dest, filter="data")
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12: refuse odd modes too
+                        tf.extract(member, dest, filter="data")
+                    else:
+                        tf.extract(member, dest)
                     n += 1
                     if n % 20000 == 0:
                         log.info("  %d files (%.0fs)", n, time.time() - t0)
