@@ -300,15 +300,25 @@ _PROBE_FRAMES = 4096
 
 
 def audio_problem(value: str) -> Optional[str]:
-    """Why a wav.scp entry cannot be dumped (None = usable). Files: the header and a block of frames
-    at each end are read (fast; catches unreadable, empty and truncated files); pipes, ark and tar
-    entries are decoded whole by xytok.audio, the loader stage 2 uses."""
+    """Why a wav.scp entry cannot be dumped (None = usable). Files and tar members (`shard.tar:OFFSET:SIZE`):
+    the header and a block of frames at each end are read (fast; catches unreadable, empty, undecodable
+    and truncated files); pipes and ark entries are decoded whole by xytok.audio, the loader stage 2 uses."""
     try:
         import soundfile
     except ImportError as e:
         raise DataDirError(f"reading audio needs {e.name} (run inside the venv: . ./path.sh)")
     value = value.strip()
-    if value.endswith("|") or not os.path.exists(value):
+    source = value
+    if not os.path.exists(value) and _TAR_MEMBER.match(value):  # a member of a shard: its bytes
+        from xytok.audio import AudioError, parse_tar_member, read_tar_member_bytes
+
+        member = parse_tar_member(value)
+        if member and os.path.isfile(member[0]):
+            try:
+                source = io.BytesIO(read_tar_member_bytes(*member))
+            except AudioError as e:
+                return str(e)
+    if isinstance(source, str) and (value.endswith("|") or not os.path.exists(value)):
         from xytok.audio import AudioError, load_audio
 
         try:
@@ -318,12 +328,12 @@ def audio_problem(value: str) -> Optional[str]:
         except Exception as e:  # any reader error belongs to this entry
             return f"cannot be read: {type(e).__name__}: {str(e).strip()[:200]}"
         return None
-    if os.path.isdir(value):
+    if isinstance(source, str) and os.path.isdir(value):
         return f"is a directory, not an audio file: {value}"
-    if os.path.getsize(value) == 0:
+    if isinstance(source, str) and os.path.getsize(value) == 0:
         return f"empty file (0 bytes): {value}"
     try:
-        with soundfile.SoundFile(value) as f:
+        with soundfile.SoundFile(source) as f:
             frames, channels, rate = f.frames, f.channels, f.samplerate
             if channels < 1 or rate <= 0:
                 return f"bad header ({channels} channels, {rate} Hz): {value}"
