@@ -141,13 +141,18 @@ def test_recipe_stages_1_to_4(recipe):
     assert "Stage 4:" in out and "Successfully finished" in out
 
 
-def test_rerun_skips_and_release_change_redoes(recipe):
+def test_rerun_skips_prepared_release(recipe):
     rdir, _, _, env = recipe
     r = run(f"./run.sh --stage 1 --stop_stage 1 --local_data_opts '--lang {LANG}'", rdir, env)
     assert r.returncode == 0 and "already prepared" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 
 
-def test_columns_by_name_and_errors(tmp_path):
+def test_columns_by_name_and_errors(tmp_path, capsys):
+    from xytok.bin.commonvoice_data import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["prepare", "--help"])
+    assert e.value.code == 0 and "--train_tsv" in capsys.readouterr().out
     made = make_release(tmp_path / "rel", "de", DE, seed=3)
     rows = read_tsv(tmp_path / "rel/de/train.tsv")
     assert [r.clip for r in rows if r.text] and all(r.client_id.isalnum() and len(r.client_id) == 128 for r in rows)
@@ -202,8 +207,18 @@ def test_release_tarball_and_missing_release(tmp_path):
         assert sorted(text.values()) == sorted(t for _, _, t in made["kept"][split])
         wavs = read_kv(rdir / "data" / f"{split}_de" / "wav.scp").values()
         assert all(Path(w).is_relative_to((tmp_path / "cvdl").resolve()) for w in wavs)
+    # a clip added to the release's train.tsv is picked up by the next stage-1 run (the archive is
+    # not extracted again); an unchanged release is not prepared again: test_rerun_skips_prepared_release
+    lang_dir = tmp_path / "cvdl/cv-corpus-99.0-2030-01-01/de"
+    _mp3(lang_dir / "clips/common_voice_de_5000.mp3", 1.0, 300, np.random.default_rng(9))
+    with open(lang_dir / "train.tsv", "a", encoding="utf-8") as f:
+        values = {h: "" for h in HEADER}
+        values.update(client_id=_client("spk_new"), path="common_voice_de_5000.mp3", sentence="Neu hinzugefügt.")
+        f.write("\t".join(values[h] for h in HEADER) + "\n")
     r = run(cmd, rdir, env)
-    assert r.returncode == 0 and "already extracted" in r.stderr + r.stdout and "already prepared" in r.stdout
+    assert r.returncode == 0 and "already prepared" not in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "already extracted" in r.stdout + r.stderr
+    assert read_kv(rdir / "data/train_de/text")[f"{_client('spk_new')[:16]}-common_voice_de_5000"] == "Neu hinzugefügt."
 
 
 # ---------------------------------------------------------------------------------------------
