@@ -357,3 +357,18 @@ def test_init_param_from_a_stage2_checkpoint_loads_the_codec(tmp_path):
     task.init_from(models, {"models": {"generator": source, "discriminators": {"mpd.x": torch.zeros(1)}}, "step": 7})
     got = models["stage1"].codec.state_dict()
     assert all(torch.equal(got[k], v) for k, v in source.items())
+
+
+def test_finetune_configs_have_the_architectures_they_load():
+    """--init_param loads strictly: the paper-size fine-tune config must be the released
+    architecture, the debug one the debug stage-1 architecture (whose exports it starts from)."""
+    conf = REPO / "egs/commonvoice/conf"
+    released = yaml.safe_load((REPO / "xytok/configs/xy_tokenizer.yaml").read_text())
+    released = released.get("generator_params", released)
+    gp = lambda name: yaml.safe_load((conf / name).read_text())["generator_params"]  # noqa: E731
+    assert gp("finetune_stage1.yaml") == released
+    assert gp("finetune_stage1_debug.yaml") == gp("train_stage1_debug.yaml")
+    for name in ("finetune_stage1.yaml", "finetune_stage1_debug.yaml"):
+        c = yaml.safe_load((conf / name).read_text())
+        assert "semantic_ctc_pretrain" not in c and c["asr"]["lm"]["type"] == "hf" and "codec.semantic_encoder" in c["frozen"]
+        assert c["optim"]["lr"] < yaml.safe_load((conf / name.replace("finetune", "train")).read_text())["optim"]["lr"]
