@@ -240,3 +240,19 @@ def test_recipe_settings(tmp_path):
 def test_entry_point_help(tmp_path):
     r = run([sys.executable, "-m", "xytok.bin.libritts_data", "--help"], tmp_path)
     assert r.returncode == 0 and "--text" in r.stdout
+
+
+def test_utterance_added_later_reaches_dump(recipe_run):
+    """Runs last (it changes the module's corpus): stage 1 re-scans the corpus, stage 2 redoes only
+    the set that changed."""
+    rdir, made, _, _, corpus = recipe_run
+    d = corpus / "LibriTTS/dev-clean/84/121123"
+    sf.write(d / "84_121123_000000_000009.wav", _speech("A late addition.", np.random.default_rng(3)), SR)
+    (d / "84_121123_000000_000009.normalized.txt").write_text("A late addition")
+    env = {"LIBRITTS": str(corpus), "LIBRITTS_MIRRORS": "file:///nowhere"}
+    r = run(f"./run.sh --stage 1 --stop_stage 2 --test_sets test_clean {STAGE_ARGS}", rdir, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert read_kv(rdir / "data/dev_clean/text")["84-121123-000000-000009"] == "A late addition"
+    assert "84-121123-000000-000009" in read_kv(rdir / "dump/raw/dev_clean/wav.scp")
+    assert "train_clean_100: already dumped, up to date" in r.stdout
+    assert "dev_clean: already dumped" not in r.stdout
