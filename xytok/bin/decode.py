@@ -12,6 +12,12 @@ OUT_DIR: receives ``<utt>.wav`` (the codec's output rate, 16-bit PCM, U*T sample
 --num_quantizers N decodes from the first N RVQ layers only (a lower bit rate, logged:
 N * log2(codebook size) * 12.5 bps); codes may then hold N..nq rows. Default: all layers.
 
+--streaming decodes each utterance with the model's streaming decoder (a decoder trained causal
+in stage 2, conf/train_stage2_streaming.yaml; xytok.streaming): codes are pushed --stream_frames
+at a time (default: the model's chunk) and audio is written as it comes; the wavs equal the offline
+decode's (<= 1e-4). It logs the algorithmic latency and, measured, the time to first audio (compute
+only: codes pushed without waiting) and the RTF, and writes them to OUT_DIR/streaming.json.
+
 Other codecs: ``--model FAMILY:ID_OR_DIR`` (dac, encodec, mimi; see xytok.codecs) decodes that
 codec's codes to wavs at its own sample rate (hop * T samples; e.g. 24 kHz for Mimi/EnCodec);
 --num_quantizers N decodes from the first N rows.
@@ -46,6 +52,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--subtype", default="PCM_16", help="soundfile subtype of the output wavs (PCM_16, FLOAT, ...)")
     parser.add_argument("--num_quantizers", type=_positive_int, default=None, metavar="N",
                         help="decode from the first N RVQ layers (1..nq; default: all)")
+    parser.add_argument("--streaming", action="store_true",
+                        help="stream each utterance through the model's causal decoder (xytok.streaming); "
+                        "logs latency, time to first audio and RTF into OUT_DIR/streaming.json")
+    parser.add_argument("--stream_frames", type=_positive_int, default=None, metavar="N",
+                        help="with --streaming: code frames per push (default: the model's chunk)")
     return parser
 
 
@@ -88,6 +99,70 @@ def _decode_group(codec, codes_list, device, overlap_seconds, num_quantizers=Non
                             num_quantizers=num_quantizers)
 
 
+class _Streamer:
+    """--streaming: one StreamingDecoder, reset per utterance, with latency bookkeeping."""
+
+    def __init__(self, codec, overlap_seconds, num_quantizers, frames_per_push):
+        from xytok.streaming import NotStreamableError, StreamingDecoder
+
+        try:
+            self.decoder = StreamingDecoder(codec, overlap_seconds, num_quantizers)
+        except NotStreamableError as e:
+            raise CLIError(f"--streaming: {e}")
+        self.step = frames_per_push or self.decoder.spec.chunk_frames
+        self.first_audio, self.compute, self.samples = [], 0.0, 0
+        lat = self.decoder.latency
+        logger.info("streaming: chunk %d code frame(s), look-ahead %d, pushed %d frame(s) at a time; algorithmic "
+                    "latency %.0f ms ((chunk + look-ahead) x %.0f ms + %.0f ms ISTFT tail)", lat["chunk_frames"],
+                    lat["lookahead_frames"], self.step, lat["algorithmic_latency_ms"], lat["code_frame_ms"],
+                    lat["istft_tail_ms"])
+
+    def decode_items(self, items):
+        import torch
+
+        out = []
+        for codes in items:
+            codes = torch.from_numpy(codes).long()
+            pieces, start, first = [], time.perf_counter(), None
+            try:
+                with torch.inference_mode():
+                    for i in range(0, codes.shape[1], self.step):
+                        piece = self.decoder.push(codes[:, i:i + self.step])
+                        if piece.numel() and first is None:
+                            first = time.perf_counter() - start
+                        pieces.append(piece)
+                    pieces.append(self.decoder.finish())  # also resets it for the next utterance
+            except Exception:
+                self.decoder.reset()  # the next utterance starts clean
+                raise
+            if first is None:
+                first = time.perf_counter() - start
+            self.compute += time.perf_counter() - start
+            self.first_audio.append(first)
+            wav = torch.cat(pieces)
+            self.samples += wav.numel()
+            out.append(wav)
+        return out
+
+    def report(self, path, sample_rate):
+        import json
+
+        firsts = sorted(self.first_audio)
+        lat = dict(self.decoder.latency)
+        audio_s = self.samples / sample_rate
+        lat.update({"frames_per_push": self.step, "utterances": len(firsts), "audio_seconds": audio_s,
+                    "compute_seconds": self.compute, "rtf": self.compute / max(audio_s, 1e-9),
+                    "first_audio_compute_ms_mean": 1000 * sum(firsts) / max(len(firsts), 1),
+                    "first_audio_compute_ms_max": 1000 * (firsts[-1] if firsts else 0.0),
+                    "note": "first audio = compute time from the first push to the first samples out, codes "
+                            "pushed without waiting; in real time add (chunk + look-ahead) code frames"})
+        with open(path, "w") as f:
+            json.dump(lat, f, indent=1)
+        logger.info("streaming: time to first audio (compute) mean %.1f ms, max %.1f ms; RTF %.3f over %.1f s; "
+                    "-> %s", lat["first_audio_compute_ms_mean"], lat["first_audio_compute_ms_max"], lat["rtf"],
+                    audio_s, path)
+
+
 def _run(args) -> int:
     from tqdm import tqdm
 
@@ -118,7 +193,12 @@ def _run(args) -> int:
 
         def decode_items(items):
             return _decode_group(codec, items, device, args.overlap_seconds, use)
+        if args.streaming:
+            streamer = _Streamer(codec, args.overlap_seconds, use, args.stream_frames)
+            decode_items = streamer.decode_items  # noqa: F811
     else:
+        if args.streaming:
+            raise CLIError("--streaming needs an xy model with a causal decoder (conf/train_stage2_streaming.yaml)")
         codec, device = load_family_codec(args)
         if use is not None and use > codec.max_quantizers:
             raise CLIError(f"--num_quantizers {use}: {codec.name} has {codec.max_quantizers} codebooks")
@@ -173,6 +253,8 @@ def _run(args) -> int:
                 total_samples += wav.shape[0]
             bar.update(len(keys[i:i + args.batch_size]))
     write_table(os.path.join(args.output_dir, "wav.scp"), written)  # LC_ALL=C sorted, atomic
+    if args.streaming:
+        streamer.report(os.path.join(args.output_dir, "streaming.json"), sample_rate)
     log_throughput("wavs + wav.scp", len(written), len(keys), total_samples, args.output_dir, start,
                    sample_rate)
     return report_failures(failures, "utterance(s)")
