@@ -170,6 +170,10 @@ def test_columns_by_name_and_errors(tmp_path, capsys):
     # validated.tsv as train: dev/test clips and speakers taken out
     sizes = prepare(tmp_path / "rel", "de", tmp_path / "data", ("tr", "dv", "te"), train_tsv="validated")
     assert sizes == {"tr": len(made["kept"]["train"]), "dv": 2, "te": 2}
+    # --check_audio: a clip that is not audio is dropped (counted), the others kept
+    (tmp_path / "rel/de/clips" / made["kept"]["train"][0][1]).write_bytes(b"not an mp3 at all" * 40)
+    sizes = prepare(tmp_path / "rel", "de", tmp_path / "data", ("tr", "dv", "te"), check_audio=True, nj=1)
+    assert sizes["tr"] == len(made["kept"]["train"]) - 1
     # a header without `sentence`, a short row: errors that name the file
     bad = tmp_path / "bad.tsv"
     bad.write_text("client_id\tpath\ttext\nabc\tx.mp3\thello\n", encoding="utf-8")
