@@ -673,7 +673,7 @@ fp_model() {
 # (results and models are not redone for that); else logs why and removes MARKER.
 current_or_legacy() {
     up_to_date "$@" && return 0
-    "$stale_legacy" && return 0
+    if "$stale_legacy"; then log "  $1: an empty marker from before stage fingerprints: kept as is (delete it to redo)"; return 0; fi
     [ -f "$1" ] && log "  $1: ${stale_reason}; redoing it"
     rm -f "$1"
     return 1
