@@ -188,6 +188,12 @@ def test_extracted_tree_used_as_is_and_resume(recipe_run, tmp_path):
     assert sorted(p.name for p in (wav / "train/S0003").glob("*.wav")) == \
         sorted([f"{u}.wav" for u, (spk, _) in made["train"].items() if spk == "S0003"] + [f"{NO_TEXT}.wav"])
     assert extract_speaker_tarballs(wav) == 0
+    # a broken speaker tarball: an error naming it, and no marker
+    (wav / "S0999.tar.gz").write_bytes(b"not a tarball")
+    with pytest.raises(DataPrepError, match=r"S0999.tar.gz: cannot extract"):
+        extract_speaker_tarballs(wav)
+    assert not (wav / ".S0999.tar.gz.complete").exists()
+    (wav / "S0999.tar.gz").unlink()
 
 
 def test_bad_inputs(tmp_path):
