@@ -5,7 +5,6 @@ stages 1-5 of the recipe, a release tarball, the missing-release message, and th
 byte-level BPE tokenizer built offline, then stage 6)."""
 import csv
 import hashlib
-import io
 import json
 import math
 import sys
