@@ -563,12 +563,45 @@ if run_stage 5; then
 fi
 
 if run_stage 6; then
-    log "Stage 6: stage-2 training -> ${stage2_exp} (init from ${stage1_exp}/export)"
     [ -f "$stage1_exp/export/model.ckpt" ] || die "$stage1_exp/export/model.ckpt not found: run stage 5 first"
+    [ -f "$stage2_config" ] || die "--stage2_config $stage2_config: file not found"
+    # A decoder at another output rate R (generator_overrides, e.g. conf/train_stage2_24k.yaml) trains on
+    # targets at R: train/valid dumped again at R from the source audio (same utterances as the 16 kHz
+    # dump) into $dumpdir/raw_<R>; the encoder's 16 kHz input is resampled from them (xytok.data.dataset).
+    _out_fs=$(${python} -c 'import sys; from xytok.train.stage2 import config_output_rate as r; print(r(sys.argv[1]))' \
+        "$stage2_config") || die "$stage2_config: cannot read its output rate"
+    _s2_data=()
+    if [ "$_out_fs" -ne 16000 ]; then
+        _rdump=$dumpdir/raw_$_out_fs
+        log "Stage 6: stage-2 training -> ${stage2_exp} (init from ${stage1_exp}/export; decoder output ${_out_fs} Hz:" \
+            "targets from ${_rdump}, encoder input resampled from them to 16 kHz)"
+        for dset in $train_set $valid_set; do
+            d=$_rdump/$dset
+            if [ -f "$d/.done" ]; then log "  $dset: already dumped at ${_out_fs} Hz ($d/.done)"; continue; fi
+            [ -f "$data_feats/$dset/.done" ] || die "$data_feats/$dset not dumped: run stage 2 first"
+            rm -rf "$d"; mkdir -p "$d/logs"
+            awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp" > "$d/logs/src.scp"
+            _nj=$(min "$nj" "$(wc -l < "$d/logs/src.scp")")
+            split_scp "$d/logs/src.scp" "$d/logs" wav "$_nj"
+            log "  $dset: $(wc -l < "$d/logs/src.scp") utterances at ${_out_fs} Hz, $_nj jobs (logs: $d/logs/dump_audio.*.log)"
+            ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$d/logs/dump_audio.JOB.log" \
+                ${python} -m xytok.bin.dump_audio --wav_scp "$d/logs/wav.JOB.scp" --out_dir "$d/data" \
+                    --out_scp "$d/logs/out_wav.JOB.scp" --out_utt2num_samples "$d/logs/utt2num_samples.JOB" --fs "$_out_fs"
+            for i in $(seq "$_nj"); do cat "$d/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$d/wav.scp"
+            for i in $(seq "$_nj"); do cat "$d/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$d/utt2num_samples"
+            cp "$data_feats/$dset/text" "$data_feats/$dset/utt2spk" "$data_feats/$dset/spk2utt" "$d/"
+            echo raw > "$d/feats_type"; echo "$_out_fs" > "$d/fs"
+            utils/validate_data_dir.sh --no-feats "$d"
+            touch "$d/.done"
+        done
+        _s2_data=(--train_data "$_rdump/$train_set" --valid_data "$_rdump/$valid_set")
+    else
+        log "Stage 6: stage-2 training -> ${stage2_exp} (init from ${stage1_exp}/export)"
+    fi
     # --generator_config: the architecture comes from the model being loaded (stage2.py lets it
     # win over any generator_params in the config), so stage-2 configs need not repeat it.
     train_stage 2 "$stage2_config" "$stage2_args" "$stage2_exp" --init_param "$stage1_exp/export/model.ckpt" \
-        --generator_config "$stage1_exp/export/config.yaml"
+        --generator_config "$stage1_exp/export/config.yaml" ${_s2_data[@]+"${_s2_data[@]}"}
 fi
 
 # ---------------------------------------------------------------------------------------------
