@@ -577,10 +577,14 @@ if run_stage 6; then
             "targets from ${_rdump}, encoder input resampled from them to 16 kHz)"
         for dset in $train_set $valid_set; do
             d=$_rdump/$dset
-            if [ -f "$d/.done" ]; then log "  $dset: already dumped at ${_out_fs} Hz ($d/.done)"; continue; fi
             [ -f "$data_feats/$dset/.done" ] || die "$data_feats/$dset not dumped: run stage 2 first"
+            # the source entries of the 16 kHz dump's utterances: a changed list dumps the set again
+            _src=$(awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp")
+            if [ -f "$d/.done" ] && [ "$_src" = "$(cat "$d/logs/src.scp")" ]; then
+                log "  $dset: already dumped at ${_out_fs} Hz ($d/.done)"; continue
+            fi
             rm -rf "$d"; mkdir -p "$d/logs"
-            awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp" > "$d/logs/src.scp"
+            echo "$_src" > "$d/logs/src.scp"
             _nj=$(min "$nj" "$(wc -l < "$d/logs/src.scp")")
             split_scp "$d/logs/src.scp" "$d/logs" wav "$_nj"
             log "  $dset: $(wc -l < "$d/logs/src.scp") utterances at ${_out_fs} Hz, $_nj jobs (logs: $d/logs/dump_audio.*.log)"
