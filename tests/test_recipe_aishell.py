@@ -105,6 +105,9 @@ def recipe_run(tmp_path_factory):
     bad[len(bad) // 2] ^= 0xFF
     (mirror / "data_aishell.tgz").write_bytes(bytes(bad))
     r_bad = run("local/data.sh", rdir, env)
+    corpus = tmp / "corpus"
+    # what the failed run left: nothing that looks downloaded or extracted
+    r_bad.left = sorted(p.name for p in corpus.iterdir()) if corpus.exists() else []
     (mirror / "data_aishell.tgz").write_bytes(good)
 
     r = run(f"./run.sh --stage 1 --stop_stage 5 {STAGE_ARGS}", rdir, env, timeout=900)
@@ -132,6 +135,7 @@ def test_corrupted_download_fails_loudly(recipe_run):
     assert r_bad.returncode != 0
     assert "md5 mismatch" in r_bad.stdout + r_bad.stderr and "data_aishell.tgz" in r_bad.stdout + r_bad.stderr
     assert "could not get AISHELL-1" in r_bad.stderr
+    assert r_bad.left == []  # no data_aishell.tgz(.part), no marker, no data_aishell/
 
 
 def test_download_nested_extraction_and_data_dirs(recipe_run):

@@ -120,6 +120,7 @@ def recipe_run(tmp_path_factory):
     bad[len(bad) // 2] ^= 0xFF
     (mirror / "test-clean.tar.gz").write_bytes(bytes(bad))
     r_bad = run("local/data.sh --parts test-clean", rdir, env)
+    r_bad.left = sorted(p.name for p in corpus.iterdir()) + sorted(p.name for p in (corpus / "LibriTTS").iterdir())
     (mirror / "test-clean.tar.gz").write_bytes(good)
 
     r = run(f"./run.sh --stage 1 --stop_stage 5 --test_sets test_clean {STAGE_ARGS}", rdir, env, timeout=900)
@@ -132,6 +133,8 @@ def test_corrupted_download_fails_loudly(recipe_run):
     assert r_bad.returncode != 0
     assert "sha256 mismatch" in r_bad.stdout + r_bad.stderr and "test-clean.tar.gz" in r_bad.stdout + r_bad.stderr
     assert "could not get LibriTTS test-clean" in r_bad.stderr
+    # nothing that looks downloaded or extracted: no test-clean.tar.gz(.part), no marker, no part dir
+    assert r_bad.left == ["LibriTTS", "dev-clean", "train-clean-100"]
 
 
 def test_download_extract_and_data_dirs(recipe_run):
