@@ -21,7 +21,8 @@ from golden import TINY_A  # noqa: E402
 from recipe_helpers import make_recipe, read_kv, run  # noqa: E402
 
 from xytok.codec import load_codec  # noqa: E402
-from xytok.streaming import NotStreamableError, StreamingDecoder, decode_stream, latency, streaming_spec  # noqa: E402
+from xytok.streaming import (NotStreamableError, StreamingDecoder, decode_stream, latency,  # noqa: E402
+                             spec_from_params, streaming_spec)
 from xytok.train.config import deep_merge  # noqa: E402
 
 CONFIG, CKPT = TINY_A / "config.yaml", TINY_A / "model.ckpt"
@@ -182,6 +183,9 @@ def test_latency_formula_and_the_stream_agree(c2k1, c1k2):
             out += stream.push(codes[:, n - 1:n]).numel()
             assert out == spec.samples_ready(n), (c, k, n)
         assert out + stream.finish().numel() == 12 * spec.samples_per_code
+        assert spec_from_params(codec.generator_params) == spec  # RESULTS.md reads the config only
+    with pytest.raises(NotStreamableError, match="acoustic_decoder_kwargs.causal is not true"):
+        spec_from_params({"post_rvq_adapter_kwargs": {"causal": True}, "vocos_kwargs": {"causal": True}})
 
 
 def test_cli_decode_streaming(c1k2, tmp_path, caplog):
@@ -207,6 +211,17 @@ def test_cli_decode_streaming(c1k2, tmp_path, caplog):
     assert stats["algorithmic_latency_ms"] == 255 and stats["utterances"] == 2 and stats["rtf"] > 0
     assert 0 < stats["first_audio_compute_ms_mean"] <= stats["first_audio_compute_ms_max"]
     assert "algorithmic latency 255 ms" in caplog.text and "time to first audio" in caplog.text
+    # RESULTS.md: a Streaming section for this model (config + the streaming.json just written), none
+    # for a non-causal one
+    from xytok.bin.make_results import streaming_section
+
+    (tmp_path / "exp" / "test").mkdir(parents=True)
+    shutil.copytree(out, tmp_path / "exp" / "test" / "wav")
+    section = streaming_section([{"name": "s2", "config": str(model / "config.yaml"), "test_set": "test",
+                                  "exp_dir": str(tmp_path / "exp")}])
+    assert "- s2: chunk 1 code frame(s), look-ahead 2 (80 ms each): algorithmic latency 255 ms" in section
+    assert f"RTF {stats['rtf']:.3f}" in section
+    assert streaming_section([{"name": "p", "config": str(CONFIG), "test_set": "test", "exp_dir": None}]) == ""
     # a non-causal model: a clear error, nothing decoded
     plain = tmp_path / "plain"
     load_codec(str(CONFIG), str(CKPT)).save_pretrained(plain, ckpt=False)

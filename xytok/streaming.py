@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["StreamingDecoder", "StreamingSpec", "NotStreamableError", "streaming_spec", "decode_stream",
-           "latency"]
+__all__ = ["StreamingDecoder", "StreamingSpec", "NotStreamableError", "streaming_spec", "spec_from_params",
+           "decode_stream", "latency"]
 
 
 class NotStreamableError(ValueError):
@@ -110,6 +110,31 @@ def streaming_spec(codec) -> StreamingSpec:
     istft = vocos.head.istft
     return StreamingSpec(adapter.chunk_frames, adapter.lookahead_frames, decoder.chunk_frames, upsample.stride,
                          decoder.stride_size, istft.hop_length, istft.n_fft, int(codec.sample_rate))
+
+
+def spec_from_params(params: dict) -> StreamingSpec:
+    """``streaming_spec`` from a config's generator_params, without building the model (RESULTS.md);
+    NotStreamableError if its decoder side is not causal. Defaults = the module constructors'."""
+    params = params.get("generator_params", params)
+    adapter = params.get("post_rvq_adapter_kwargs", {})
+    decoder = params.get("acoustic_decoder_kwargs", {})
+    vocos = params.get("vocos_kwargs", {})
+    not_causal = [f"{n}.causal is not true" for n, kw in (("post_rvq_adapter_kwargs", adapter),
+                                                          ("acoustic_decoder_kwargs", decoder),
+                                                          ("vocos_kwargs", vocos)) if kw.get("causal") is not True]
+    if not_causal:
+        raise NotStreamableError("not a streaming model: " + ", ".join(not_causal))
+    upsample = int(params.get("upsample_kwargs", {}).get("stride", 4))
+    feature_upsample = int(decoder.get("stride_size", 2))
+    hop, n_fft = int(vocos.get("hop_size", 160)), int(vocos.get("n_fft", 640))
+    # code frame = mel hop x encoder stride x downsample factor input samples (80 ms at 16 kHz)
+    input_rate = int(params.get("input_sample_rate", 16000))
+    code_input_samples = int(params.get("feature_extractor_kwargs", {}).get("hop_length", 160)) * \
+        int(params.get("acoustic_encoder_kwargs", {}).get("stride_size", 2)) * \
+        int(params.get("downsample_kwargs", {}).get("avg_pooler", 4))
+    sample_rate = round(upsample * feature_upsample * hop * input_rate / code_input_samples)
+    return StreamingSpec(int(adapter.get("chunk_frames", 0)), int(adapter.get("lookahead_frames", 0)),
+                         int(decoder.get("chunk_frames", 0)), upsample, feature_upsample, hop, n_fft, sample_rate)
 
 
 def latency(spec: StreamingSpec) -> dict:

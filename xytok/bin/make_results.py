@@ -79,6 +79,46 @@ def codecs_section(entries) -> str:
             "BPS = Σ log2(codebook size) × frame rate over the codebooks the codes hold.\n")
 
 
+def streaming_section(entries) -> str:
+    """RESULTS.md lines for models with a streaming (chunk-causal) decoder: chunk, look-ahead and
+    algorithmic latency from the config (xytok.streaming), plus time to first audio / RTF where
+    `xytok decode --streaming` wrote <exp_dir>/<test_set>/wav/streaming.json; empty when none."""
+    import yaml
+
+    from xytok.streaming import NotStreamableError, latency, spec_from_params
+
+    seen, lines = set(), []
+    for e in entries:
+        config = e.get("config")
+        if not config or e["name"] in seen:
+            continue
+        seen.add(e["name"])
+        try:
+            with open(config) as f:
+                lat = latency(spec_from_params(yaml.safe_load(f) or {}))
+        except (NotStreamableError, OSError, yaml.YAMLError):
+            continue
+        line = (f"- {e['name']}: chunk {lat['chunk_frames']} code frame(s), look-ahead {lat['lookahead_frames']} "
+                f"({lat['code_frame_ms']:g} ms each): algorithmic latency {lat['algorithmic_latency_ms']:.0f} ms "
+                f"((chunk + look-ahead) x {lat['code_frame_ms']:g} ms + {lat['istft_tail_ms']:g} ms ISTFT tail)")
+        measured = e.get("exp_dir") and (Path(e["exp_dir"]) / e["test_set"] / "wav" / "streaming.json")
+        if measured and measured.is_file():
+            import json
+
+            m = json.loads(measured.read_text())
+            line += (f"; measured by `xytok decode --streaming` ({m['frames_per_push']} frame(s) per push): "
+                     f"first audio after {m['first_audio_compute_ms_mean']:.1f} ms of compute (mean), "
+                     f"RTF {m['rtf']:.3f}")
+        lines.append(line)
+    if not lines:
+        return ""
+    return ("\n### Streaming decoders\n\n" + "\n".join(lines) + "\n\n"
+            "A streaming model's offline decode (scored above) equals its stream within 1e-4 "
+            "(`XYTokenizer.decode_stream`), so its quality columns hold for the stream. Latency counts codes "
+            "arriving in real time (code t when its audio ended); see docs/streaming.md and "
+            "benchmarks/streaming.py for CPU time to first audio and RTF.\n")
+
+
 def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -> list[dict]:
     from xytok.eval.results import codec_info, find_config, find_probe, load_json, score_dirs
 
@@ -128,6 +168,7 @@ def _entry(exp_dir, ts, score_dir, n, name, full, config, probe, control, recipe
             log.warning("%s: plots skipped (%s)", score_dir, e)
     # The probe ran on the model's full codes: its WER belongs to the all-layer row only.
     return {"name": name, "test_set": ts, "summary": summary, "probe": probe if all_layers else None,
+            "config": config, "exp_dir": str(exp_dir),
             "probe_control": control if all_layers else None, "info": info,
             "plots": [os.path.relpath(p, recipe_dir) for p in written]}
 
@@ -153,7 +194,7 @@ def main(argv=None) -> int:
         return 1
     output = Path(args.output) if Path(args.output).is_absolute() else recipe_dir / args.output
     text = write_results_md(output, entries, args.title)
-    extra = codecs_section(entries)
+    extra = codecs_section(entries) + streaming_section(entries)
     if extra:
         text += extra
         output.write_text(text)
