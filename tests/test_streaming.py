@@ -293,6 +293,7 @@ def test_mini_recipe_stage6_streaming_debug(tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     exp = rdir / "exp" / "stage2_streaming_debug"
     log = (exp / "train.log").read_text()
+    assert "streaming decoder: chunk 1 code frame(s), look-ahead 2: algorithmic latency 255 ms" in log
     assert "generator_overrides applied" in log and "post_rvq_adapter" not in log.split("frozen:")[-1].split("\n")[0]
     reference = load_codec(str(CONFIG), str(CKPT))
     wavs = [torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in read_kv(rdir / "dump/raw/test/wav.scp").values()]

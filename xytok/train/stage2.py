@@ -219,6 +219,7 @@ class Stage2Task(Task):
                  "(loss.gan_reduction)", adv, self.gan_reduction)
         self.seed = int(config.get("seed", 0))
         self.generator_params = self._resolve_generator_params()
+        self._log_streaming()
         rates = resolve_rates(self.generator_params, "stage 2 generator_params")
         self.output_rate = rates["output_sample_rate"]
         res = self.loss_conf.get("mel_resolutions") or scaled_resolutions(DEFAULT_RESOLUTIONS, self.output_rate)
@@ -265,6 +266,20 @@ class Stage2Task(Task):
                          merged["sample_rate"], rates["output_sample_rate"])
                 merged["sample_rate"] = rates["output_sample_rate"]
         return merged
+
+    def _log_streaming(self) -> None:
+        """A chunk-causal decoder (xytok.streaming): say its latency; its post-RVQ adapter should train."""
+        from xytok.streaming import NotStreamableError, latency, spec_from_params
+
+        try:
+            lat = latency(spec_from_params(self.generator_params))
+        except NotStreamableError:
+            return
+        log.info("stage 2: streaming decoder: chunk %d code frame(s), look-ahead %d: algorithmic latency %.0f ms",
+                 lat["chunk_frames"], lat["lookahead_frames"], lat["algorithmic_latency_ms"])
+        if not self.config.get("train_post_rvq_adapter", False):
+            log.warning("stage 2: the post-RVQ adapter's attention is chunk-causal now but it stays frozen "
+                        "(train_post_rvq_adapter: false); conf/train_stage2_streaming*.yaml train it")
 
     def _base_generator_params(self) -> Dict[str, Any]:
         """`generator_config` (the config.yaml of the model --init_param loads, e.g. recipe stage 6's
