@@ -501,26 +501,35 @@ stale_model_message() {
         "to evaluate it as it is, start at --stage 7"
 }
 
+# needs_training N CONFIG ARGS EXP: false when EXP finished training on these inputs (or holds an
+# empty marker from before fingerprints: $stale_legacy); stops the run when EXP was trained, or
+# partly trained (a re-run would resume it), on other inputs; else true.
+needs_training() {
+    fp_train "$@"
+    if trained "$4"; then
+        up_to_date "$4/.done" "${_fp[@]}" && return 1
+        "$stale_legacy" && return 1
+        stale_model_message "$4" "was trained on"
+    fi
+    if [ -f "$4/.inputs" ] && ! up_to_date "$4/.inputs" "${_fp[@]}"; then
+        stale_model_message "$4" "holds a partial training (it would resume) started on"
+    fi
+    return 0
+}
+
 # train_stage N CONFIG ARGS EXP [extra args]
 train_stage() {
     local n=$1 config=$2 args=$3 exp=$4; shift 4
     [ -n "$config" ] || die "--stage${n}_config is required for stage $((n + 4))"
     [ -f "$config" ] || die "--stage${n}_config $config: file not found"
-    fp_train "$n" "$config" "$args" "$exp"
-    if trained "$exp"; then
-        if up_to_date "$exp/.done" "${_fp[@]}"; then
-            log "  already trained, up to date ($exp/.done); delete it to train again"
-            return 0
-        elif "$stale_legacy"; then
+    if ! needs_training "$n" "$config" "$args" "$exp"; then
+        if "$stale_legacy"; then
             log "  already trained ($exp/.done); WARNING: its marker predates stage fingerprints, so its" \
                 "inputs are not recorded and are assumed to match; delete it to train again"
-            return 0
+        else
+            log "  already trained, up to date ($exp/.done); delete it to train again"
         fi
-        stale_model_message "$exp" "was trained on"
-    fi
-    # a killed training resumes from its checkpoint: only on the inputs it started with
-    if [ -f "$exp/.inputs" ] && ! up_to_date "$exp/.inputs" "${_fp[@]}"; then
-        stale_model_message "$exp" "holds a partial training (it would resume) started on"
+        return 0
     fi
     local done_marker=.feats.done
     [ "$compute_feats" = true ] || done_marker=.done  # no stage-3 features: the dumped audio is enough
@@ -548,7 +557,8 @@ if run_stage 5; then
     _s1_extra=()
     # A stage-1 config with a `semantic_ctc_pretrain:` block (debug sizes, which cannot load Whisper)
     # first trains its semantic encoder with character CTC, then starts stage 1 from it.
-    if [ -f "$stage1_config" ] && grep -q '^semantic_ctc_pretrain:' "$stage1_config" && ! trained "$stage1_exp"; then
+    if [ -f "$stage1_config" ] && grep -q '^semantic_ctc_pretrain:' "$stage1_config" && \
+        needs_training 1 "$stage1_config" "$stage1_args" "$stage1_exp"; then
         [ "$compute_feats" = true ] || die "$stage1_config has semantic_ctc_pretrain:, which reads stage-3 features: run with --compute_feats true"
         _ctc_dir=$stage1_exp/semantic_ctc
         log "  semantic encoder CTC pre-training (stand-in for Whisper) -> ${_ctc_dir} (log: ${_ctc_dir}/ctc.log)"
