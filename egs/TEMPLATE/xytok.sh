@@ -577,21 +577,22 @@ if run_stage 6; then
     [ -f "$stage2_config" ] || die "--stage2_config $stage2_config: file not found"
     # A decoder at another output rate R (generator_overrides, e.g. conf/train_stage2_24k.yaml) trains on
     # targets at R: train/valid dumped again at R from the source audio (same utterances as the 16 kHz
-    # dump) into $dumpdir/raw_<R>; the encoder's 16 kHz input is resampled from them (xytok.data.dataset).
+    # dump) into $dumpdir/raw_<R>; the encoder reads the 16 kHz dump (encoder_input; xytok.data.dataset).
     _out_fs=$(${python} -c 'import sys; from xytok.train.stage2 import config_output_rate as r; print(r(sys.argv[1]))' \
         "$stage2_config") || die "$stage2_config: cannot read its output rate"
     _s2_data=()
     if [ "$_out_fs" -ne 16000 ]; then
         _rdump=$dumpdir/raw_$_out_fs
         log "Stage 6: stage-2 training -> ${stage2_exp} (init from ${stage1_exp}/export; decoder output ${_out_fs} Hz:" \
-            "targets from ${_rdump}, encoder input resampled from them to 16 kHz)"
+            "targets from ${_rdump}, encoder input from the 16 kHz dump ${data_feats})"
         for dset in $train_set $valid_set; do
             d=$_rdump/$dset
             [ -f "$data_feats/$dset/.done" ] || die "$data_feats/$dset not dumped: run stage 2 first"
             # the source entries of the 16 kHz dump's utterances: a changed list dumps the set again
             _src=$(awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp")
             if [ -f "$d/.done" ] && [ "$_src" = "$(cat "$d/logs/src.scp")" ]; then
-                log "  $dset: already dumped at ${_out_fs} Hz ($d/.done)"; continue
+                log "  $dset: already dumped at ${_out_fs} Hz ($d/.done)"
+                echo "$data_feats/$dset" > "$d/encoder_input"; continue
             fi
             rm -rf "$d"; mkdir -p "$d/logs"
             echo "$_src" > "$d/logs/src.scp"
@@ -605,6 +606,7 @@ if run_stage 6; then
             for i in $(seq "$_nj"); do cat "$d/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$d/utt2num_samples"
             cp "$data_feats/$dset/text" "$data_feats/$dset/utt2spk" "$data_feats/$dset/spk2utt" "$d/"
             echo raw > "$d/feats_type"; echo "$_out_fs" > "$d/fs"
+            echo "$data_feats/$dset" > "$d/encoder_input"  # the encoder reads this 16 kHz dump (xytok.data.dataset)
             utils/validate_data_dir.sh --no-feats "$d"
             touch "$d/.done"
         done

@@ -14,10 +14,14 @@ What the model sees, and what it is told about it:
   the data dir has stage-3 features (feats.scp).
 * Stage 2 with a decoder at another output rate R (24/32 kHz, `target_sample_rate`): the data dir
   holds audio at R (recipe stage 6 dumps dump/raw_<R>; its `fs` file states the rate of
-  utt2num_samples). Each item is read at R (the target the mel/GAN losses compare with) and the
-  encoder's 16 kHz input is derived from it with xytok.audio.resample, the polyphase resampler the
-  16 kHz dump uses; crops and lengths stay whole code frames at both rates (1280 input samples =
-  R/12.5 target samples). Upsampled audio (a dump below R, or 16 kHz content) is warned about;
+  utt2num_samples). Each item is read at R (the target the mel/GAN losses compare with). The
+  encoder's 16 kHz input is the same utterance of the 16 kHz dump when the dir has an
+  `encoder_input` file naming that dump (the recipe writes it): exactly what `encode()` sees at
+  inference, so training decodes the codes inference gives. Without it the input is derived from
+  the target with xytok.audio.resample, the polyphase resampler of the 16 kHz dump (for 16 kHz
+  sources upsampled to 24 kHz, that round trip changed 12% of the debug model's codes on egs/mini
+  dev). Crops and lengths stay whole code frames at both rates (1280 input samples = R/12.5
+  target samples). Upsampled audio (a dump below R, or 16 kHz content) is warned about;
   `data.min_bandwidth_hz` drops items without energy near the top band.
 """
 from __future__ import annotations
@@ -144,6 +148,17 @@ class SpeechTextDataset(torch.utils.data.Dataset):
         self.target_hop = r * CODE_HOP // SAMPLE_RATE  # target samples per code frame (1920 at 24 kHz)
         fs_file = Path(self.source) / "fs"
         self.dir_rate = int(fs_file.read_text().split()[0]) if fs_file.is_file() else SAMPLE_RATE
+        self.encoder_input_dir, self.encoder_input = None, None
+        link = Path(self.source) / "encoder_input"
+        if link.is_file():
+            from xytok.audio import read_wav_scp
+
+            self.encoder_input_dir = link.read_text().strip()
+            scp = Path(self.encoder_input_dir) / "wav.scp"
+            if not scp.is_file():
+                raise DataError(f"{link}: names {self.encoder_input_dir}, which has no wav.scp (the 16 kHz dump of "
+                                "these utterances; paths are relative to the working directory)")
+            self.encoder_input = read_wav_scp(str(scp))
         if self.dir_rate < r:
             log.warning("%s: audio dumped at %d Hz is upsampled to the %d Hz targets: they hold nothing above "
                         "%d Hz, so the decoder learns an empty top band (dump the corpus at its source rate or "
@@ -278,7 +293,23 @@ class SpeechTextDataset(torch.utils.data.Dataset):
         if frames == 0:
             raise DataError(f"{self.source}: utterance {utt!r}: audio has {len(target)} samples at "
                             f"{self.target_rate} Hz, shorter than one code frame ({hop})")
-        wav16 = resample(target[: frames * hop], self.target_rate, SAMPLE_RATE)  # frames * 1280 samples
+        if self.encoder_input is not None:  # the 16 kHz dump: what encode() sees at inference
+            from xytok.audio import load_audio
+
+            entry = self.encoder_input.get(utt)
+            if entry is None:
+                raise DataError(f"{self.source}: utterance {utt!r} is not in {self.encoder_input_dir}/wav.scp "
+                                "(its 16 kHz encoder input)")
+            try:
+                wav16, _ = load_audio(entry, target_sr=SAMPLE_RATE, utt=utt)
+            except ValueError as e:
+                raise DataError(f"{self.encoder_input_dir}: utterance {utt!r}: {e}") from None
+            frames = min(frames, len(wav16) // CODE_HOP)
+            if frames == 0:
+                raise DataError(f"{self.encoder_input_dir}: utterance {utt!r}: shorter than one code frame")
+            wav16 = wav16[: frames * CODE_HOP]
+        else:
+            wav16 = resample(target[: frames * hop], self.target_rate, SAMPLE_RATE)  # frames * 1280 samples
         keep = min(frames, self.crop // CODE_HOP) if self.crop else frames
         first = 0
         if self.crop and self.random_crop and frames > keep:

@@ -22,8 +22,9 @@ trainable in stage 2, and the released code groups post_rvq_adapter with the sha
 Output rate (24/32 kHz decoders, as the authors' MOSS-TTSD tokenizers): `generator_overrides` sets
 the released TTSD rate fields (output_sample_rate, decoder_upsample_rate) and the Vocos n_fft /
 hop_size. The encoder still sees 16 kHz: the data dir holds audio at the output rate R (recipe
-stage 6 dumps dump/raw_<R>), each item is the target at R and its 16 kHz encoder input is derived
-with xytok.audio.resample (xytok.data.dataset). The mel loss (default resolutions scaled by R/16k,
+stage 6 dumps dump/raw_<R>), each item is the target at R and its 16 kHz encoder input is the
+same utterance of the 16 kHz dump (named by the dir's `encoder_input` file), else the target
+resampled with xytok.audio.resample (xytok.data.dataset). The mel loss (default resolutions scaled by R/16k,
 mel bands up to R/2), the discriminator windows (set in the config) and disc_segment_seconds work
 at R. The Vocos ISTFT head of the new rate starts from the 16 kHz one (`vocos_head_init: extend`):
 with n_fft/hop scaled by R/16k the bins keep their 25 Hz spacing, so the old rows are copied
@@ -317,8 +318,12 @@ class Stage2Task(Task):
         dataset = build_dataset(data_dir, config, train, target_sample_rate=rate)
         if rate and not self._logged_rates:
             self._logged_rates = True
-            src = f"resampled from {rate}" if dataset.dir_rate == rate else \
-                f"resampled from {rate}, itself resampled from the {dataset.dir_rate} Hz dump"
+            if dataset.encoder_input is not None:
+                src = f"the 16 kHz dump {dataset.encoder_input_dir}, as encode() sees it"
+            elif dataset.dir_rate == rate:
+                src = f"resampled from {rate}"
+            else:
+                src = f"resampled from {rate}, itself resampled from the {dataset.dir_rate} Hz dump"
             log.info("stage 2: encoder input %d Hz (%s), targets %d Hz (%s)", SAMPLE_RATE, src, rate, data_dir)
         return dataset
 
