@@ -67,7 +67,7 @@ def _fence(text: str) -> str:
 def model_card(codec, name: str, repo_id: Optional[str], license_id: str, exp_dir: Optional[Path],
                results: Optional[str], train_config: Optional[str], with_ckpt: bool) -> str:
     nq, cb = codec.num_quantizers, codec.codebook_size
-    rate = codec.sample_rate / codec.code_hop
+    rate = codec.frame_rate  # code frames per second (the 16 kHz input / 1280, whatever the output rate)
     bps = nq * (cb - 1).bit_length() * rate
     n_params = sum(p.numel() for p in codec.parameters())
     repo = repo_id or "ORG/NAME"
@@ -76,10 +76,11 @@ def model_card(codec, name: str, repo_id: Optional[str], license_id: str, exp_di
              "tags:"] + [f"- {t}" for t in TAGS] + ["---", ""]
     body = [
         f"# {name}", "",
-        f"XY-Tokenizer speech codec: {codec.sample_rate // 1000} kHz speech <-> {nq} x {cb} RVQ codes at "
+        f"XY-Tokenizer speech codec: {codec.input_sample_rate // 1000} kHz speech <-> {nq} x {cb} RVQ codes at "
         f"{rate:g} Hz ({bps:g} bps), {n_params / 1e6:.1f} M generator parameters. "
         f"Trained with xytok ({'exp `' + exp_dir.name + '`, ' if exp_dir else ''}packed on "
-        f"{time.strftime('%Y-%m-%d')}).", "",
+        f"{time.strftime('%Y-%m-%d')})." + (f" Decodes to {codec.sample_rate // 1000} kHz." if
+                                             codec.sample_rate != codec.input_sample_rate else ""), "",
         "## Use", "",
         "```python",
         "import soundfile as sf, torch",
