@@ -11,7 +11,8 @@ random weights (compute does not depend on the weights). Codes are random; the s
 --frames_per_push code frames per call (default: the chunk), pushed without waiting, so:
 
 * first audio (compute): wall time from the first push to the first samples out; in real time,
-  where code t arrives when its 80 ms of audio ended, add (C + K) code frames of waiting;
+  where code t arrives when its 80 ms of audio ended, add the wait for the first C + K codes
+  (rounded up to whole pushes);
 * per push: compute per call (mean / p95 / max) against the audio one push carries
   (real time needs the p95 below it);
 * RTF: total stream compute / audio seconds; the offline decode of the same codes for comparison,
@@ -112,7 +113,9 @@ def main(argv=None):
     pushes = sorted(pushes)
     p95 = pushes[min(len(pushes) - 1, int(0.95 * len(pushes)))]
     per_push_audio_ms = 1000.0 * step * spec.samples_per_code / spec.sample_rate
-    wait_ms = (spec.chunk_frames + spec.lookahead_frames) * lat["code_frame_ms"]
+    # real time: the first audio needs C + K codes, which come in pushes of `step`
+    wait_frames = -(-(spec.chunk_frames + spec.lookahead_frames) // step) * step
+    wait_ms = wait_frames * lat["code_frame_ms"]
     rows = [
         ("model", f"{what}; decoder side {n_params / 1e6:.2f} M parameters"),
         ("CPU threads", f"{args.threads} ({os.cpu_count()} cores visible)"),
@@ -121,7 +124,7 @@ def main(argv=None):
         ("algorithmic latency", f"{lat['algorithmic_latency_ms']:.0f} ms ((C + K) x {lat['code_frame_ms']:.0f} ms"
                                 f" + {lat['istft_tail_ms']:.0f} ms ISTFT tail)"),
         ("first audio, compute", f"{1000 * first:.1f} ms (in real time: + {wait_ms:.0f} ms waiting for "
-                                 f"C + K codes = {wait_ms + 1000 * first:.0f} ms)"),
+                                 f"{wait_frames} codes = {wait_ms + 1000 * first:.0f} ms)"),
         ("compute per push", f"mean {1000 * sum(pushes) / len(pushes):.1f} / p95 {1000 * p95:.1f} / "
                              f"max {1000 * pushes[-1]:.1f} ms for {per_push_audio_ms:.0f} ms of audio"),
         ("RTF stream", f"{total / audio_s:.3f} ({total:.2f} s for {audio_s:.1f} s)"),
