@@ -187,6 +187,8 @@ def test_bad_inputs_name_the_file(tmp_path):
 
 FAKE_PYTHON = r'''#!/usr/bin/env bash
 # Stands in for python in stages 5-6: records its arguments and writes the export a trainer would.
+# (stage 6 first asks python -c for the stage-2 config's output rate: a 16 kHz decoder here)
+[ "$1" = -c ] && { echo 16000; exit 0; }
 echo "$*" >> "$FAKE_LOG"
 out=""; prev=""
 for a in "$@"; do [ "$prev" = --output_dir ] && out=$a; prev=$a; done

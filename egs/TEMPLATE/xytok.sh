@@ -580,6 +580,7 @@ if run_stage 6; then
     # dump) into $dumpdir/raw_<R>; the encoder reads the 16 kHz dump (encoder_input; xytok.data.dataset).
     _out_fs=$(${python} -c 'import sys; from xytok.train.stage2 import config_output_rate as r; print(r(sys.argv[1]))' \
         "$stage2_config") || die "$stage2_config: cannot read its output rate"
+    [[ $_out_fs =~ ^[0-9]+$ ]] || die "$stage2_config: output rate '$_out_fs' is not a number of Hz"
     _s2_data=()
     if [ "$_out_fs" -ne 16000 ]; then
         _rdump=$dumpdir/raw_$_out_fs
