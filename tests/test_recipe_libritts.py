@@ -163,7 +163,7 @@ def test_download_extract_and_data_dirs(recipe_run):
 
 
 def test_dump_is_16k_and_resampling_logged(recipe_run):
-    rdir, made, _, _, _ = recipe_run
+    rdir, made, r, _, _ = recipe_run
     for part, utts in made.items():
         s = part.replace("-", "_")
         org = rdir / "dump/raw/org" / s
@@ -176,6 +176,8 @@ def test_dump_is_16k_and_resampling_logged(recipe_run):
         # one summary line per job: together they count every utterance of the set
         counts = re.findall(r"resampled 24000 -> 16000 Hz: (\d+) utterance\(s\)", logs)
         assert counts and sum(map(int, counts)) == len(utts), logs[-2000:]
+        # and the recipe's own log says it once per set, summed over the jobs
+        assert f"{s}: resampled 24000 -> 16000 Hz: {len(utts)} utterance(s)" in r.stdout, r.stdout[-3000:]
         assert (rdir / "dump/raw" / s / "feats.scp").is_file()
 
 

@@ -374,6 +374,10 @@ if run_stage 2; then
                 grep -h "BAD AUDIO" "$org"/logs/dump_audio.*.log >&2 || true
                 die "$dset: dumping failed (logs: $org/logs/dump_audio.*.log); unusable audio: drop those utterances in local/data.sh"
             fi
+            # the rate conversions of all jobs, summed per source rate (dump_audio logs them per job)
+            awk '/resampled [0-9]+ -> [0-9]+ Hz:/ { for (i = 1; i <= NF; i++) if ($i == "resampled") k = $(i+1) " -> " $(i+3) " Hz"; n[k] += $(NF-1) + 0 }
+                 END { for (k in n) printf "%s: %d utterance(s)\n", k, n[k] }' "$org"/logs/dump_audio.*.log \
+                | while read -r _line; do log "  $dset: resampled $_line"; done
             for i in $(seq "$_nj"); do cat "$org/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$org/wav.scp"
             for i in $(seq "$_nj"); do cat "$org/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$org/utt2num_samples"
             cp "$src/text" "$src/utt2spk" "$src/spk2utt" "$org/"
