@@ -341,3 +341,10 @@ def test_librispeech_layout_stage6_24k_warns_upsampled(tmp_path):
     log = (rdir / "exp/stage2_24k_debug/train.log").read_text()
     assert "16 kHz (or lower) audio at 24000 Hz?" in log  # LibriSpeech is 16 kHz: upsampled targets
     assert load_codec(str(rdir / "exp/stage2_24k_debug/export")).sample_rate == 24000
+    # a re-run finds the 24 kHz dump (fingerprinted) and the trained model up to date
+    r = run(f"./run.sh --stage 6 --stop_stage 6 {sets} --nbpe 20 --bpemode char "
+            f"--stage2_config conf/train_stage2_24k_debug.yaml --stage2_tag 24k_debug {STAGE2_ARGS}", rdir,
+            {"LIBRISPEECH": str(tmp_path / "corpus")})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert out.count("already dumped at 24000 Hz, up to date") == 2 and "dumping again" not in out

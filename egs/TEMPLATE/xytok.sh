@@ -593,27 +593,34 @@ if run_stage 6; then
         for dset in $train_set $valid_set; do
             d=$_rdump/$dset
             [ -f "$data_feats/$dset/.done" ] || die "$data_feats/$dset not dumped: run stage 2 first"
-            # the source entries of the 16 kHz dump's utterances: a changed list dumps the set again
-            _src=$(awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp")
-            if [ -f "$d/.done" ] && [ "$_src" = "$(cat "$d/logs/src.scp")" ]; then
-                log "  $dset: already dumped at ${_out_fs} Hz ($d/.done)"
+            # inputs: the source entries (data/) of the 16 kHz dump's utterances, and the rate; a
+            # change dumps the set again (fingerprinted marker, as every stage's)
+            _fp=(--file "data/$dset/wav.scp" --file "$data_feats/$dset/wav.scp" --file "$data_feats/$dset/text"
+                 --opt fs="$_out_fs")
+            if up_to_date "$d/.done" "${_fp[@]}"; then
+                log "  $dset: already dumped at ${_out_fs} Hz, up to date ($d/.done)"
                 echo "$data_feats/$dset" > "$d/encoder_input"; continue
             fi
+            [ -f "$d/.done" ] && log "  $dset: ${_out_fs} Hz dump out of date (${stale_reason}); dumping again"
             rm -rf "$d"; mkdir -p "$d/logs"
-            echo "$_src" > "$d/logs/src.scp"
+            awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp" \
+                > "$d/logs/src.scp"
             _nj=$(min "$nj" "$(wc -l < "$d/logs/src.scp")")
             split_scp "$d/logs/src.scp" "$d/logs" wav "$_nj"
             log "  $dset: $(wc -l < "$d/logs/src.scp") utterances at ${_out_fs} Hz, $_nj jobs (logs: $d/logs/dump_audio.*.log)"
-            ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$d/logs/dump_audio.JOB.log" \
+            if ! ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$d/logs/dump_audio.JOB.log" \
                 ${python} -m xytok.bin.dump_audio --wav_scp "$d/logs/wav.JOB.scp" --out_dir "$d/data" \
-                    --out_scp "$d/logs/out_wav.JOB.scp" --out_utt2num_samples "$d/logs/utt2num_samples.JOB" --fs "$_out_fs"
+                    --out_scp "$d/logs/out_wav.JOB.scp" --out_utt2num_samples "$d/logs/utt2num_samples.JOB" --fs "$_out_fs"; then
+                grep -h "BAD AUDIO" "$d"/logs/dump_audio.*.log >&2 || true
+                die "$dset: dumping at ${_out_fs} Hz failed (logs: $d/logs/dump_audio.*.log)"
+            fi
             for i in $(seq "$_nj"); do cat "$d/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$d/wav.scp"
             for i in $(seq "$_nj"); do cat "$d/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$d/utt2num_samples"
             cp "$data_feats/$dset/text" "$data_feats/$dset/utt2spk" "$data_feats/$dset/spk2utt" "$d/"
             echo raw > "$d/feats_type"; echo "$_out_fs" > "$d/fs"
             echo "$data_feats/$dset" > "$d/encoder_input"  # the encoder reads this 16 kHz dump (xytok.data.dataset)
             utils/validate_data_dir.sh --no-feats "$d"
-            touch "$d/.done"
+            mark_done "$d/.done" "${_fp[@]}"
         done
         _s2_data=(--train_data "$_rdump/$train_set" --valid_data "$_rdump/$valid_set")
     else
