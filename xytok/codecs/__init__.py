@@ -23,6 +23,7 @@ FAMILIES = {
     "dac": ("xytok.codecs.dac", "DacCodec", "DAC via transformers.DacModel"),
     "encodec": ("xytok.codecs.encodec", "EncodecCodec", "EnCodec via transformers.EncodecModel"),
     "mimi": ("xytok.codecs.mimi", "MimiCodec", "Mimi via transformers.MimiModel"),
+    "xcodec2": ("xytok.codecs.xcodec2", "Xcodec2Codec", "X-Codec 2.0 via transformers.Xcodec2Model, 16 kHz, 50 Hz, 1 FSQ codebook"),
 }
 
 
