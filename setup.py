@@ -28,6 +28,11 @@ EXTRAS = {
     "test": ["pytest>=7"],
 }
 EXTRAS["all"] = sorted({d for deps in EXTRAS.values() for d in deps})
+# Codec baselines' own packages (xytok.codecs), outside "all": speechtokenizer requires torchaudio
+# (and its trainer's accelerate/lion-pytorch), which must match the installed torch exactly; next
+# to a torch without a matching torchaudio use `pip install --no-deps speechtokenizer einops`
+# (inference imports only its model module: torch + einops).
+EXTRAS["speechtokenizer"] = ["speechtokenizer>=1.0", "einops"]
 
 setup(
     name="xytok",

@@ -32,6 +32,37 @@ def save_tiny_xcodec2(d: Path) -> Path:
     return d
 
 
+SPEECHTOKENIZER_SKIP = "speechtokenizer package not installed (pip install 'xytok[speechtokenizer]')"
+
+
+def save_tiny_speechtokenizer(d: Path) -> Path:
+    """SpeechTokenizer in its released format (config.json + SpeechTokenizer.pt state dict): 16 kHz,
+    strides 8*5*4*2 (50 Hz), 4 RVQ layers of 64 with random codewords (a fresh model's are zeros
+    until k-means runs in training)."""
+    from xytok.codecs.speechtokenizer import import_speechtokenizer_class
+
+    cfg = {"n_filters": 4, "strides": [8, 5, 4, 2], "dimension": 16, "semantic_dimension": 8,
+           "bidirectional": True, "dilation_base": 2, "residual_kernel_size": 3, "n_residual_layers": 1,
+           "lstm_layers": 1, "activation": "ELU", "sample_rate": 16000, "codebook_size": 64, "n_q": 4}
+    torch.manual_seed(0)
+    state = import_speechtokenizer_class()(cfg).state_dict()
+    for key in state:
+        if key.endswith("_codebook.embed"):
+            state[key] = torch.randn_like(state[key])
+        elif key.endswith("_codebook.inited"):
+            state[key].fill_(1)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(cfg))
+    torch.save(state, d / "SpeechTokenizer.pt")
+    return d
+
+
+def _have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 def _wav(seconds, sr=16000, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * sr)) / sr
@@ -41,15 +72,20 @@ def _wav(seconds, sr=16000, seed=0):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("codecs_more")
-    return {"xcodec2": str(save_tiny_xcodec2(root / "xcodec2"))}
+    out = {"xcodec2": str(save_tiny_xcodec2(root / "xcodec2"))}
+    if _have("speechtokenizer"):
+        out["speechtokenizer"] = str(save_tiny_speechtokenizer(root / "speechtokenizer"))
+    return out
 
 
 # family -> (sample rate, frame rate, default nq, codebook size, embedding dim)
-EXPECTED = {"xcodec2": (16000, 50.0, 1, 64, 48)}
+EXPECTED = {"xcodec2": (16000, 50.0, 1, 64, 48), "speechtokenizer": (16000, 50.0, 4, 64, 16)}
 
 
-@pytest.mark.parametrize("family", ["xcodec2"])
+@pytest.mark.parametrize("family", ["xcodec2", "speechtokenizer"])
 def test_family_interface(models, family):
+    if family not in models:
+        pytest.skip(SPEECHTOKENIZER_SKIP)
     torch.set_num_threads(1)
     codec = load_codec_family(f"{family}:{models[family]}")
     sr, fr, nq, k, dim = EXPECTED[family]
@@ -101,3 +137,32 @@ def test_xcodec2_fbank_matches_the_reference_extractor(models):
                                         return_tensors="np")["input_features"]
     assert feats.shape == ref.shape == (1, padded.size // hop, 160)
     np.testing.assert_allclose(feats.numpy(), ref, atol=2e-3)
+
+
+@pytest.mark.skipif(not _have("speechtokenizer"), reason=SPEECHTOKENIZER_SKIP)
+def test_speechtokenizer_layers(models, tmp_path):
+    """--num_quantizers n keeps the first n RVQ layers (layer 0 = semantic): a prefix of the full
+    stream, decodable alone; more layers than the model has is a CodecSpecError."""
+    spec = f"speechtokenizer:{models['speechtokenizer']}"
+    full = load_codec_family(spec).encode([_wav(0.5)])[0]
+    for n in (1, 2):
+        codec = load_codec_family(spec, num_quantizers=n)
+        c = codec.encode([_wav(0.5)])[0]
+        assert torch.equal(c, full[:n]) and codec.bps() == pytest.approx(n * 6 * 50.0)
+        assert codec.decode([c])[0].numel() == c.shape[1] * 320
+        assert codec.embed(_wav(0.5)).shape == (c.shape[1], 16)
+    with pytest.raises(CodecSpecError, match="--num_quantizers 5 not supported"):
+        load_codec_family(spec, num_quantizers=5)
+    # a dir without the state dict, and a missing package, fail naming what is wrong
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CodecSpecError, match="expected one .pt state dict"):
+        load_codec_family(f"speechtokenizer:{tmp_path}")
+
+
+def test_speechtokenizer_missing_package_names_the_extra(monkeypatch):
+    from xytok.codecs.speechtokenizer import import_speechtokenizer_class
+
+    monkeypatch.setitem(sys.modules, "speechtokenizer", None)
+    monkeypatch.setitem(sys.modules, "speechtokenizer.model", None)
+    with pytest.raises(CodecSpecError, match=r"xytok\[speechtokenizer\]"):
+        import_speechtokenizer_class()

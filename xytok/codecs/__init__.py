@@ -24,6 +24,8 @@ FAMILIES = {
     "encodec": ("xytok.codecs.encodec", "EncodecCodec", "EnCodec via transformers.EncodecModel"),
     "mimi": ("xytok.codecs.mimi", "MimiCodec", "Mimi via transformers.MimiModel"),
     "xcodec2": ("xytok.codecs.xcodec2", "Xcodec2Codec", "X-Codec 2.0 via transformers.Xcodec2Model, 16 kHz, 50 Hz, 1 FSQ codebook"),
+    "speechtokenizer": ("xytok.codecs.speechtokenizer", "SpeechTokenizerCodec",
+                        "SpeechTokenizer via the speechtokenizer package, 16 kHz, 50 Hz, 8x1024 RVQ (layer 0 semantic)"),
 }
 
 
