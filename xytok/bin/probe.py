@@ -80,10 +80,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="training characters seen fewer times share one unknown symbol (1: every character kept)")
     p.add_argument("--device", default="cpu",
                    help="device for feature extraction and the probe BiLSTM (cpu, cuda, cuda:N; float32)")
-    p.add_argument("--shuffle_buffer_frames", type=int, default=200_000,
+    p.add_argument("--shuffle_buffer_frames", type=int, default=100_000,
                    help="training features held at once, in codec frames (0 = the whole set); with one "
                         "--shard_mb shard this bounds the probe's feature memory")
-    p.add_argument("--shard_mb", type=float, default=128.0, help="size of the float16 feature shards on disk")
+    p.add_argument("--shard_mb", type=float, default=64.0, help="size of the float16 feature shards on disk")
     p.add_argument("--extract_batch_size", type=int, default=8,
                    help="utterances per codec call during feature extraction (xy batches; other families one by one)")
     p.add_argument("--nthreads", type=int, default=1, help="torch threads (results are deterministic per setting)")

@@ -365,8 +365,11 @@ class ProbeConfig:
     device: str = "cpu"
     # Training features stream through a shuffle buffer of at most this many (codec-rate) frames
     # (0 = unbounded): memory held = buffer + one shard, whatever the training set's size.
-    # 200000 frames = 4.4 h of 12.5 Hz audio, 1.2 GB of float16 at 3072 dims.
-    shuffle_buffer_frames: int = 200_000
+    # 100000 frames = 2.2 h of 12.5 Hz audio, 0.6 GB of float16 at 3072 dims (on CPU a paper-size
+    # training step itself takes up to ~2.7 GB: batch 16 of 35-s utterances at 50 Hz).
+    shuffle_buffer_frames: int = 100_000
+    # Stop after this many optimiser steps (0 = all epochs): smoke runs and benchmarks.
+    max_steps: int = 0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -384,7 +387,7 @@ def _batch_tensors(batch, mean, std, subsample: int, upsample: int, device):
     device as float16 and become float32 there. Padded frames are masked by the packed LSTM."""
     padded, lengths = pad_batch(batch)
     x = torch.from_numpy(padded).to(device, non_blocking=True).float()
-    x = ((x - mean) / std).repeat_interleave(upsample, dim=1)[:, ::subsample]
+    x = x.sub_(mean).div_(std).repeat_interleave(upsample, dim=1)[:, ::subsample]  # in place: one copy less
     return x, torch.from_numpy((lengths * upsample + subsample - 1) // subsample)
 
 
@@ -438,8 +441,9 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     usable_ids = [u for u, _ in usable]
     start = time.time()
     mean, std, n_train_frames = streaming_stats(train_src, usable_ids)
+    stats_seconds = time.time() - start
     log.info("probe: per-dimension mean/std over %d train frames of %d utterances (one streaming pass, "
-             "float64 accumulators, %.0f s)", n_train_frames, len(usable), time.time() - start)
+             "float64 accumulators, %.0f s)", n_train_frames, len(usable), stats_seconds)
     # per-dimension standardisation from the train set
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=device)
     std_t = torch.as_tensor(std + 1e-5, dtype=torch.float32, device=device)
@@ -453,10 +457,11 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
     plans = [plan_epoch(train_src, usable_ids, cfg.batch_size, capacity, rng,
                         random.Random(f"probe-read-order-{cfg.seed}-{e}")) for e in range(1, cfg.epochs + 1)]
     steps = [count_batches(p) for p in plans]
+    total_steps = min(sum(steps), cfg.max_steps) if cfg.max_steps > 0 else sum(steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_factor(cfg.schedule, cfg.warmup, cfg.lr_min_ratio, sum(steps)))
+        opt, lr_factor(cfg.schedule, cfg.warmup, cfg.lr_min_ratio, total_steps))
     ctc = nn.CTCLoss(blank=0, zero_infinity=True)
-    history, start, peak_held = [], time.time(), 0
+    history, start, peak_held, done_steps, done_frames = [], time.time(), 0, 0, 0
     log.info("probe: BiLSTM on %s (float32), %d steps/epoch, shuffle buffer %s frames", device, steps[0],
              capacity or "unbounded")
     for epoch, plan in enumerate(plans, 1):
@@ -481,11 +486,18 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
             n += len(batch)
             n_frames += sum(len(f) for _, f in batch)
             prog.update(step, f", loss {total / n:.4f}, {n_frames / max(time.time() - t_epoch, 1e-6):.0f} frames/s")
+            done_steps += 1
+            if done_steps == total_steps:
+                break
         peak_held = max(peak_held, stream.peak_held_frames)
+        done_frames += n_frames
         history.append(total / n)
         el = time.time() - start
         log.info("probe epoch %d/%d: train CTC loss %.4f (%.1f s/epoch, ETA %.0f s)", epoch, cfg.epochs,
                  total / n, el / epoch, el / epoch * (cfg.epochs - epoch))
+        if done_steps == total_steps:
+            break
+    train_seconds = time.time() - start
 
     model.eval()
     hyps = {}
@@ -518,9 +530,10 @@ def train_and_evaluate(train_items, valid_items, train_text: dict, valid_text: d
         "n_valid_unfeaturised": len(missing), "valid_unfeaturised": missing,
         "input_dim": int(train_src.dim), "vocab": vocab.chars, "train_loss": history,
         "n_train_frames": n_train_frames, "device": str(device), "peak_buffered_frames": peak_held,
+        "train_steps": done_steps, "train_frames_seen": done_frames, "stats_seconds": stats_seconds,
         "probe_config": asdict(cfg), "normalizer": norm.description,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "train_seconds": time.time() - start,
+        "train_seconds": train_seconds,
         "hyps": hyps,
     }
 

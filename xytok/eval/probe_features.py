@@ -32,7 +32,7 @@ log = logging.getLogger("xytok.probe")
 
 STORE_FORMAT = "float16-shards-v1"
 STORE_DTYPE = np.float16
-DEFAULT_SHARD_MB = 128.0
+DEFAULT_SHARD_MB = 64.0  # ~10900 frames of 3072 dims: a 100000-frame buffer spans ~9 shards
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -102,12 +102,13 @@ class ShardWriter:
             self.dim = int(feats.shape[1])
         elif feats.shape[1] != self.dim:
             raise ValueError(f"{utt}: features have {feats.shape[1]} dims, the store has {self.dim}")
-        if not np.isfinite(feats).all():
-            raise ValueError(f"{utt}: features hold NaN/Inf")
-        peak = float(np.abs(feats).max())
-        if peak > FLOAT16_MAX:
-            raise ValueError(f"{utt}: feature magnitude {peak:g} exceeds the float16 range ({FLOAT16_MAX:g})")
-        self._pending.append((utt, feats.astype(STORE_DTYPE)))
+        half = feats.astype(STORE_DTYPE, copy=False)
+        if not np.isfinite(half).all():  # one check: NaN/Inf in the input, or beyond float16's range
+            if not np.isfinite(feats).all():
+                raise ValueError(f"{utt}: features hold NaN/Inf")
+            raise ValueError(f"{utt}: feature magnitude {float(np.abs(feats).max()):g} exceeds the float16 "
+                             f"range ({FLOAT16_MAX:g})")
+        self._pending.append((utt, half))
         self._pending_frames += feats.shape[0]
         if self._pending_frames * self.dim * 2 >= self.shard_bytes:
             self.flush()
