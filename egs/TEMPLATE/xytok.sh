@@ -44,7 +44,7 @@ rdzv_endpoint=         # HOST[:PORT] where the nodes meet; HOST = node 0 (defaul
 master_port=           # rendezvous port if rdzv_endpoint has none (default: $MASTER_PORT, else 29500)
 nj=4                   # parallel jobs for CPU data stages (capped at the number of utterances)
 inference_nj=4         # parallel jobs for tokenize/detokenize
-gpu_inference=false    # stages 7-8 on one GPU per job (cuda_cmd --gpu 1) instead of decode_cmd
+gpu_inference=false    # stages 7-10 on one GPU per job (cuda_cmd --gpu 1) instead of decode_cmd (stage 10: the probe BiLSTM too)
 dumpdir=dump           # dumped audio and features
 expdir=exp             # experiments
 python=python3         # python interpreter (path.sh puts tools/venv first on PATH)
