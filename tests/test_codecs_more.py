@@ -57,6 +57,35 @@ def save_tiny_speechtokenizer(d: Path) -> Path:
     return d
 
 
+def save_tiny_bigcodec(d: Path) -> Path:
+    """BigCodec in its released format: bigcodec.pt = {'CodecEnc', 'generator'} with old-style
+    weight-norm keys (weight_g / weight_v) and the anti-aliasing filters stored under their original
+    names (...downsample.lowpass.filter); a config.json shrinks the architecture (hop 200 = 80 Hz
+    kept, one codebook of 64)."""
+    from xytok.codecs.bigcodec import RELEASED, BigCodecDecoder, BigCodecEncoder
+
+    small = {"ngf": 4, "rnn_num_layers": 1, "out_channels": 16, "upsample_initial_channel": 32,
+             "codebook_size": 64, "codebook_dim": 4}
+
+    def released_keys(module):
+        state = {k.replace("parametrizations.weight.original0", "weight_g")
+                 .replace("parametrizations.weight.original1", "weight_v"): v for k, v in module.state_dict().items()}
+        for k, buf in module.named_buffers():
+            if k.endswith(".upsample.filter"):
+                state[k] = buf.clone()
+            elif k.endswith(".downsample.filter"):
+                state[k.replace(".downsample.filter", ".downsample.lowpass.filter")] = buf.clone()
+        return state
+
+    torch.manual_seed(0)
+    cfg = dict(RELEASED, **small)
+    d.mkdir(parents=True)
+    torch.save({"CodecEnc": released_keys(BigCodecEncoder(cfg)), "generator": released_keys(BigCodecDecoder(cfg))},
+               d / "bigcodec.pt")
+    (d / "config.json").write_text(json.dumps(small))
+    return d
+
+
 def _have(module: str) -> bool:
     import importlib.util
 
@@ -72,17 +101,18 @@ def _wav(seconds, sr=16000, seed=0):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("codecs_more")
-    out = {"xcodec2": str(save_tiny_xcodec2(root / "xcodec2"))}
+    out = {"xcodec2": str(save_tiny_xcodec2(root / "xcodec2")), "bigcodec": str(save_tiny_bigcodec(root / "bigcodec"))}
     if _have("speechtokenizer"):
         out["speechtokenizer"] = str(save_tiny_speechtokenizer(root / "speechtokenizer"))
     return out
 
 
 # family -> (sample rate, frame rate, default nq, codebook size, embedding dim)
-EXPECTED = {"xcodec2": (16000, 50.0, 1, 64, 48), "speechtokenizer": (16000, 50.0, 4, 64, 16)}
+EXPECTED = {"xcodec2": (16000, 50.0, 1, 64, 48), "speechtokenizer": (16000, 50.0, 4, 64, 16),
+            "bigcodec": (16000, 80.0, 1, 64, 16)}
 
 
-@pytest.mark.parametrize("family", ["xcodec2", "speechtokenizer"])
+@pytest.mark.parametrize("family", ["xcodec2", "speechtokenizer", "bigcodec"])
 def test_family_interface(models, family):
     if family not in models:
         pytest.skip(SPEECHTOKENIZER_SKIP)
@@ -166,3 +196,29 @@ def test_speechtokenizer_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "speechtokenizer.model", None)
     with pytest.raises(CodecSpecError, match=r"xytok\[speechtokenizer\]"):
         import_speechtokenizer_class()
+
+
+def test_bigcodec_checkpoint_format(models, tmp_path):
+    """The released key names load (weights land where they were saved); the released padding gives
+    ceil((N + 1) / 200) frames; a checkpoint that is not BigCodec's fails naming the file and why."""
+    from xytok.codecs.bigcodec import BigCodecCodec
+
+    ckpt = torch.load(Path(models["bigcodec"]) / "bigcodec.pt", weights_only=True)
+    codec = BigCodecCodec(models["bigcodec"])
+    assert torch.equal(codec.encoder.block[0].parametrizations.weight.original1, ckpt["CodecEnc"]["block.0.weight_v"])
+    assert torch.equal(codec.decoder.quantizer.layers[0]._codebook.weight,
+                       ckpt["generator"]["quantizer.layers.0._codebook.weight"])
+    assert [c.shape[1] for c in codec.encode([_wav(1.0), _wav(0.5)[:-1]])] == [81, 40]
+    with pytest.raises(CodecSpecError, match="--num_quantizers 2 not supported"):
+        load_codec_family(f"bigcodec:{models['bigcodec']}", num_quantizers=2)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((Path(models["bigcodec"]) / "config.json").read_text())
+    torch.save({"CodecEnc": ckpt["CodecEnc"], "generator": {"model.0.bias": torch.zeros(3)}}, bad / "bigcodec.pt")
+    with pytest.raises(CodecSpecError, match="generator: does not match the BigCodec architecture"):
+        load_codec_family(f"bigcodec:{bad}")
+    torch.save({"state_dict": {}}, bad / "bigcodec.pt")
+    with pytest.raises(CodecSpecError, match="expected BigCodec's"):
+        load_codec_family(f"bigcodec:{bad}")
+    with pytest.raises(CodecSpecError, match="no bigcodec.pt"):
+        load_codec_family(f"bigcodec:{tmp_path}")

@@ -26,6 +26,7 @@ FAMILIES = {
     "xcodec2": ("xytok.codecs.xcodec2", "Xcodec2Codec", "X-Codec 2.0 via transformers.Xcodec2Model, 16 kHz, 50 Hz, 1 FSQ codebook"),
     "speechtokenizer": ("xytok.codecs.speechtokenizer", "SpeechTokenizerCodec",
                         "SpeechTokenizer via the speechtokenizer package, 16 kHz, 50 Hz, 8x1024 RVQ (layer 0 semantic)"),
+    "bigcodec": ("xytok.codecs.bigcodec", "BigCodecCodec", "BigCodec from its released bigcodec.pt, 16 kHz, 80 Hz, 1x8192 VQ"),
 }
 
 
