@@ -222,3 +222,25 @@ def test_bigcodec_checkpoint_format(models, tmp_path):
         load_codec_family(f"bigcodec:{bad}")
     with pytest.raises(CodecSpecError, match="no bigcodec.pt"):
         load_codec_family(f"bigcodec:{tmp_path}")
+
+
+@pytest.mark.parametrize("family,nq_arg,nq", [("bigcodec", [], 1), ("speechtokenizer", ["--num_quantizers", "2"], 2)])
+def test_cli_encode_decode(models, tmp_path, family, nq_arg, nq):
+    """xytok encode/decode --model FAMILY:DIR on 16 kHz wavs: codes with the family's rows, wavs back."""
+    import soundfile as sf
+
+    from xytok.bin import decode, encode
+    from xytok.io_codes import read_codes
+
+    if family not in models:
+        pytest.skip(SPEECHTOKENIZER_SKIP)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "utt0.wav", _wav(0.7), 16000)
+    spec, scp = f"{family}:{models[family]}", str(tmp_path / "codes.scp")
+    assert encode.main([str(tmp_path / "in"), scp, "--model", spec, "--no_progress"] + nq_arg) == 0
+    codes = read_codes(scp)["utt0"]
+    hop = 16000 // int(EXPECTED[family][1])
+    assert codes.shape[0] == nq and abs(codes.shape[1] - 0.7 * 16000 / hop) <= 1
+    assert decode.main([scp, str(tmp_path / "out"), "--model", spec, "--no_progress"] + nq_arg) == 0
+    y, sr = sf.read(tmp_path / "out" / "utt0.wav")
+    assert sr == 16000 and len(y) == codes.shape[1] * hop
