@@ -151,6 +151,10 @@ else
   # torch is named on the same command line so the resolver keeps the pinned wheel.
   # shellcheck disable=SC2086
   "$py" -m pip install -q "${index_opt[@]}" $torch_req -e "$root[all]"
+  # The speechtokenizer codec family's package, outside [all]: it requires a torchaudio that must match
+  # torch exactly, while inference needs only torch + einops, so --no-deps (xytok/codecs/speechtokenizer.py).
+  "$py" -m pip install -q --no-deps 'speechtokenizer>=1.0' einops \
+    || log "WARNING: could not install speechtokenizer (its codec family and tests are unavailable)"
   echo "$want" > "$stamp"
 fi
 # An editable install made while the tree was incomplete maps no packages: check from outside it.
