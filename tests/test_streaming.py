@@ -298,6 +298,14 @@ def test_mini_recipe_stage6_streaming_debug(tmp_path):
     reference = load_codec(str(CONFIG), str(CKPT))
     wavs = [torch.from_numpy(sf.read(p, dtype="float32")[0]) for p in read_kv(rdir / "dump/raw/test/wav.scp").values()]
     _check_streaming_export(exp / "export", reference, wavs)
+    # stages 7-9 with stage 8 streaming (two jobs): RESULTS.md reports the measured stream
+    r = run(f"./run.sh --stage 7 --stop_stage 9 {common} --inference_nj 2 --stage2_tag streaming_debug "
+            "--decode_streaming true --scoring_metrics stoi", rdir)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    report = json.loads((exp / "decode/test/wav/streaming.json").read_text())
+    assert report["jobs"] == 2 and report["utterances"] == len(wavs) and report["rtf"] > 0
+    results = (rdir / "RESULTS.md").read_text()
+    assert "### Streaming decoders" in results and "measured by `xytok decode --streaming`" in results
 
 
 def test_librispeech_layout_stage6_streaming_debug(tmp_path):

@@ -82,6 +82,9 @@ inference_models=      # several models, e.g. "xy:released dac:DIR mimi:DIR#--nu
 inference_exp_name=    # exp dir name for a FAMILY: model (default: <family>_<name>)
 inference_tag=decode   # subdir of the model's exp dir for stages 7-9
 inference_args=        # extra arguments for xytok encode/decode
+decode_streaming=false # stage 8 decodes with a streaming decoder's stream (xytok decode --streaming; the model must
+                       # be trained causal, e.g. conf/train_stage2_streaming.yaml): RESULTS.md then reports its
+                       # measured time to first audio and RTF beside the algorithmic latency
 decode_num_quantizers= # stages 8-9: decode + score from the first n RVQ layers, once per n listed ("8 4 2"); empty: all layers
                        # (each n: <set>/wav_nq<n>, <set>/score_nq<n>, one RESULTS.md row with its BPS;
                        # empty: <set>/wav, <set>/score)
@@ -778,6 +781,7 @@ if run_stage 8; then
         for _nq in ${decode_num_quantizers:-all}; do
             if [ "$_nq" = all ]; then _sfx=; _nq_args=(); else _sfx=_nq$_nq; _nq_args=(--num_quantizers "$_nq"); fi
             _fp=(--file "$dir/.encode.done" --opt num_quantizers="$_nq" --opt inference_args="$inference_args")
+            "$decode_streaming" && { _nq_args+=(--streaming); _fp+=(--opt decode_streaming=true); }
             if current_or_legacy "$dir/.decode$_sfx.done" "${_fp[@]}"; then
                 log "  $dset${_sfx:+ ($_sfx)}: already detokenized, up to date"; continue
             fi
@@ -792,6 +796,12 @@ if run_stage 8; then
                     "$dir/wav$_sfx/split.JOB"
             # One wav.scp over the shards (each shard dir holds its own wav.scp).
             for i in $(seq "$_nj"); do cat "$dir/wav$_sfx/split.$i/wav.scp"; done | LC_ALL=C sort > "$dir/wav$_sfx/wav.scp"
+            if "$decode_streaming"; then
+                ${python} -m xytok.bin.merge_streaming_reports --out "$dir/wav$_sfx/streaming.json" \
+                    "$dir/wav$_sfx"/split.*/streaming.json | while read -r _line; do log "  $dset: $_line"; done \
+                    || die "$dset: merging the streaming reports of stage 8 failed"
+                [ -f "$dir/wav$_sfx/streaming.json" ] || die "$dset: no streaming report from xytok decode --streaming"
+            fi
             mark_done "$dir/.decode$_sfx.done" "${_fp[@]}"
         done
     done
