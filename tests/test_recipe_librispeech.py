@@ -277,3 +277,26 @@ def test_train_spm_too_many_pieces_is_a_clear_error(tmp_path):
 def test_entry_points_help(mod, tmp_path):
     r = _py([mod, "--help"], tmp_path)
     assert r.returncode == 0 and "usage:" in r.stdout
+
+
+def test_corpus_change_reaches_the_dump(recipe_run):
+    """An utterance added to the corpus after a full run reaches data/ and dump/ on the next
+    --stage 1 run (local/data.sh's part signatures + stage 2's fingerprints); unchanged parts stay."""
+    rdir, made, _ = recipe_run
+    chap = rdir.parent / "corpus" / "LibriSpeech" / "test-clean" / "121" / "121726"
+    new = "121-121726-0001"
+    wav = 0.2 * np.sin(2 * np.pi * 200 * np.arange(12000) / 16000)
+    sf.write(chap / f"{new}.flac", wav.astype(np.float32), 16000, subtype="PCM_16")
+    with open(chap / "121-121726.trans.txt", "a") as f:
+        f.write(f"{new} TURNIPS AND CARROTS\n")
+    r = run("./run.sh --stage 1 --stop_stage 2 --train_set train_clean_100 --valid_set dev_clean "
+            "--test_sets test_clean --nj 2 "
+            "--local_data_opts \"--download false --parts 'train-clean-100 dev-clean test-clean'\"",
+            rdir, {"LIBRISPEECH": str(rdir.parent / "corpus")})
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "test-clean: the corpus changed since data/test_clean was prepared" in out
+    assert "train-clean-100: data/train_clean_100 already prepared, corpus unchanged" in out
+    assert read_kv(rdir / "data/test_clean/text")[new] == "TURNIPS AND CARROTS"
+    assert new in read_kv(rdir / "dump/raw/test_clean/wav.scp")
+    assert len(read_kv(rdir / "dump/raw/test_clean/wav.scp")) == 4

@@ -60,19 +60,27 @@ for part in $parts; do
         [ -d "$pdir" ] || { echo "local/data.sh: $LIBRISPEECH/$part.tar.gz did not contain LibriSpeech/$part" >&2; rm -f "$marker"; exit 1; }
     fi
     dset=data/${part//-/_}
-    if [ -f "$dset/.done" ]; then
-        log "$part: $dset already prepared"
+    # The part's signature: its transcript files (names, sizes, times) and audio file count, so an
+    # edited or extended corpus is prepared again (and stage 2's fingerprints then redo the dump).
+    sig=$(find -L "$pdir" -name '*.trans.txt' -printf '%P %s %T@\n' | LC_ALL=C sort
+          echo "flac files: $(find -L "$pdir" -name '*.flac' | wc -l)")
+    if [ -f "$dset/.done" ] && [ "$(cat "$dset/.done")" = "$sig" ]; then
+        log "$part: $dset already prepared, corpus unchanged"
         continue
     fi
+    [ -f "$dset/.done" ] && log "$part: the corpus changed since $dset was prepared: preparing it again"
     rm -f "$dset/.done"
     python3 -m xytok.bin.librispeech_data --corpus_dir "$LIBRISPEECH/LibriSpeech" --part "$part" --out "$dset"
     utils/validate_data_dir.sh --no-feats "$dset"
-    touch "$dset/.done"
+    echo "$sig" > "$dset/.done"
 done
 
-if "$want_960" && [ ! -f data/train_960/.done ]; then
+# train_960 is rebuilt whenever one of its parts was prepared again
+"$want_960" && sig960=$(cat data/train_clean_100/.done data/train_clean_360/.done data/train_other_500/.done | cksum)
+if "$want_960" && { [ ! -f data/train_960/.done ] || [ "$(cat data/train_960/.done)" != "$sig960" ]; }; then
+    rm -rf data/train_960
     utils/combine_data.sh data/train_960 data/train_clean_100 data/train_clean_360 data/train_other_500
     utils/validate_data_dir.sh --no-feats data/train_960
-    touch data/train_960/.done
+    echo "$sig960" > data/train_960/.done
 fi
 log "done: $(for p in $parts; do printf 'data/%s ' "${p//-/_}"; done)"
