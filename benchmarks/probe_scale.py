@@ -14,7 +14,8 @@ The data are deleted at the end unless --keep. Goal: peak RSS < 4 GB at full siz
     python benchmarks/probe_scale.py --device cuda --steps 200       # the BiLSTM on a GPU
 
 Synthetic features: random float16 (values in (-2, 2), no NaN/Inf) and random letter transcripts
-of one character per frame; utterance lengths 1-35 s (mean ~12.7 s, as LibriSpeech's).
+of one character per frame; utterance lengths uniform in 1-35 s (mean ~18 s, ~20000 utterances;
+LibriSpeech's mean is 12.7 s: longer utterances are the harder case for a batch's memory).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from xytok.eval.probe import ProbeConfig, train_and_evaluate  # noqa: E402
 from xytok.eval.probe_features import (DEFAULT_SHARD_MB, BatchStream, FeatureStore, ShardWriter,  # noqa: E402
-                                       count_batches, pad_batch, plan_epoch)
+                                       pad_batch, plan_epoch)
 
 
 def peak_rss_gb() -> float:
@@ -147,8 +148,7 @@ def main(argv=None) -> int:
         print(f"train: {res['train_steps']} steps on {res['device']} in {res['train_seconds']:.1f} s, "
               f"{res['train_frames_seen'] / res['train_seconds']:.0f} frames/s (codec-rate frames; "
               f"x4 repeated into the BiLSTM), {res['train_seconds'] / max(1, res['train_steps']):.2f} s/step; "
-              f"{count_batches(plan_epoch(store, utts, args.batch_size, args.shuffle_buffer_frames, None))} "
-              f"steps per epoch")
+              f"{n_batches} steps per epoch")
         report("train")
         goal = "met" if peak_rss_gb() < 4 else "NOT met"
         print(f"peak RSS {peak_rss_gb():.2f} GB (goal < 4 GB: {goal}); disk {disk / 1e9:.2f} GB")
