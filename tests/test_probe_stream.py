@@ -224,3 +224,27 @@ def test_probe_cli_streams_rebuilds_old_caches_and_refuses_absent_cuda(data_dir,
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="CUDA is not available"):
             main(args + ["--device", "cuda"])
+
+
+def test_cpu_bilstm_equals_the_packed_lstm():
+    """On CPU the BiLSTM runs on padded tensors (each item reversed within its length for the
+    backward direction): the packed LSTM's outputs and gradients on every item's frames."""
+    from xytok.eval.probe import BiLSTMCTC
+
+    torch.manual_seed(0)
+    m = BiLSTMCTC(12, 16, 7, num_layers=2, dropout=0.1).eval()
+    x = torch.randn(3, 40, 12)
+    lengths = torch.tensor([40, 23, 5])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    h, _ = m.lstm(packed)
+    want = m.out(torch.nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=40)[0]).log_softmax(-1)
+    got = m(x, lengths)
+    mask = (torch.arange(40)[None, :] < lengths[:, None]).unsqueeze(-1)
+    torch.testing.assert_close(got * mask, want * mask, atol=1e-5, rtol=0)
+    grads = []
+    for out in (got, want):
+        m.zero_grad()
+        (out * mask).sum().backward(retain_graph=True)
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

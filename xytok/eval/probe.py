@@ -326,10 +326,36 @@ class BiLSTMCTC(nn.Module):
         self.out = nn.Linear(2 * hidden, vocab_size)
 
     def forward(self, x, lengths):
+        """(B, T, C) padded input, lengths (B,) -> (B, T, vocab) log-probs (frames past an item's
+        length are padding: ignore them)."""
+        if x.device.type == "cpu":
+            return self.out(self._lstm_padded(x, lengths)).log_softmax(-1)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         h, _ = self.lstm(packed)
         h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=x.shape[1])
         return self.out(h).log_softmax(-1)
+
+    def _lstm_padded(self, x, lengths):
+        """self.lstm's packed result on padded tensors, layer by layer with its own weights: the
+        forward direction runs over the padded batch (padding comes after an item's frames), the
+        backward one over each item reversed within its length. On CPU, torch's backward through
+        a packed LSTM is ~60x slower than through a padded one (221 s vs a few s per paper-size step)."""
+        t = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+        n = lengths.to(x.device).unsqueeze(1)
+        rev = torch.where(t < n, n - 1 - t, t)  # an involution: reversing twice restores the order
+        lstm, h = self.lstm, x
+        for layer in range(lstm.num_layers):
+            outs = []
+            for sfx in ("", "_reverse"):
+                w = [getattr(lstm, f"{k}_l{layer}{sfx}") for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                inp = h if not sfx else h.gather(1, rev.unsqueeze(-1).expand_as(h))
+                zeros = inp.new_zeros(1, inp.shape[0], lstm.hidden_size)
+                out = torch._VF.lstm(inp, (zeros, zeros), w, True, 1, 0.0, self.training, False, True)[0]
+                outs.append(out if not sfx else out.gather(1, rev.unsqueeze(-1).expand_as(out)))
+            h = torch.cat(outs, dim=-1)
+            if layer < lstm.num_layers - 1 and lstm.dropout > 0:
+                h = nn.functional.dropout(h, lstm.dropout, self.training)
+        return h
 
 
 @dataclass
