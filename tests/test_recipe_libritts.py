@@ -142,7 +142,7 @@ def test_download_extract_and_data_dirs(recipe_run):
     out = r.stdout + r.stderr
     # test-clean was fetched from the mirror, verified, extracted with its marker
     assert (corpus / "test-clean.tar.gz").is_file() and (corpus / "LibriTTS/.test-clean.complete").is_file()
-    assert "downloading from OpenSLR 60" in out and "test-clean: using" not in out
+    assert "test-clean: downloading from OpenSLR (resumable, sha256 checked)" in out and "test-clean: using" not in out
     for part, utts in made.items():
         d = rdir / "data" / part.replace("-", "_")
         for f in ("wav.scp", "text", "utt2spk", "spk2utt"):

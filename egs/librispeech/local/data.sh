@@ -25,18 +25,8 @@ declare -A MD5=(  # official md5s (OpenSLR SLR12 md5sum.txt)
     [train-other-500]=d1a0fd59409feb2c614ce4d30c387708 )
 mirrors="https://www.openslr.org/resources/12 https://us.openslr.org/resources/12 https://openslr.elda.org/resources/12 https://openslr.magicdatatech.com/resources/12"
 
-want_960=false
-if [ -z "$parts" ]; then
-    # The sets of this run (exported by xytok.sh), with _ turned back into -.
-    for s in ${XYTOK_TRAIN_SET:-train_clean_100} ${XYTOK_VALID_SET:-dev_clean} ${XYTOK_TEST_SETS:-test_clean}; do
-        if [ "$s" = train_960 ]; then want_960=true; parts+=" train-clean-100 train-clean-360 train-other-500"
-        else parts+=" ${s//_/-}"; fi
-    done
-fi
-parts=$(echo $parts | tr ' ' '\n' | awk '!seen[$0]++' | tr '\n' ' ')
-for p in $parts; do
-    [[ " $all_parts " == *" $p "* ]] || { echo "local/data.sh: unknown LibriSpeech part '$p' (known: $all_parts)" >&2; exit 1; }
-done
+. utils/openslr_parts.sh
+select_parts LibriSpeech "$all_parts"
 
 if [ ! -d "$LIBRISPEECH" ]; then
     "$download" || { echo "local/data.sh: LIBRISPEECH=$LIBRISPEECH does not exist (set LIBRISPEECH in db.sh or the environment)" >&2; exit 1; }
@@ -44,21 +34,8 @@ if [ ! -d "$LIBRISPEECH" ]; then
 fi
 
 for part in $parts; do
+    fetch_part "$LIBRISPEECH" LibriSpeech "$part" "$mirrors" --md5 "${MD5[$part]}"
     pdir=$LIBRISPEECH/LibriSpeech/$part
-    marker=$LIBRISPEECH/LibriSpeech/.$part.complete
-    # A part counts as present if we extracted it (marker) or if it is there and no download of ours is half done.
-    if [ -f "$marker" ] || { [ -d "$pdir" ] && [ ! -e "$LIBRISPEECH/$part.tar.gz" ] && [ ! -e "$LIBRISPEECH/$part.tar.gz.part" ]; }; then
-        log "$part: using $pdir"
-    else
-        "$download" || { echo "local/data.sh: $pdir not found and --download false" >&2; exit 1; }
-        log "$part: downloading from OpenSLR (resumable) into $LIBRISPEECH"
-        urls=(); for m in $mirrors; do urls+=(--url "$m/$part.tar.gz"); done
-        rm_opt=(); "$remove_archive" && rm_opt=(--remove_archive)
-        python3 -m xytok.data.download "${urls[@]}" --md5 "${MD5[$part]}" --dest "$LIBRISPEECH/$part.tar.gz" \
-            --extract_to "$LIBRISPEECH" --marker "$marker" "${rm_opt[@]}" \
-            || { echo "local/data.sh: could not get LibriSpeech $part (no network? download it to $LIBRISPEECH/$part.tar.gz or point LIBRISPEECH to an existing tree)" >&2; exit 1; }
-        [ -d "$pdir" ] || { echo "local/data.sh: $LIBRISPEECH/$part.tar.gz did not contain LibriSpeech/$part" >&2; rm -f "$marker"; exit 1; }
-    fi
     dset=data/${part//-/_}
     # The part's signature: its transcript files (names, sizes, times) and audio file count, so an
     # edited or extended corpus is prepared again (and stage 2's fingerprints then redo the dump).

@@ -43,18 +43,8 @@ if [ -n "${LIBRITTS_CHECKSUMS:-}" ]; then
 fi
 
 case "$text" in normalized|original) ;; *) echo "local/data.sh: --text must be normalized or original (got '$text')" >&2; exit 1 ;; esac
-want_960=false
-if [ -z "$parts" ]; then
-    # The sets of this run (exported by xytok.sh), with _ turned back into -.
-    for s in ${XYTOK_TRAIN_SET:-train_clean_100} ${XYTOK_VALID_SET:-dev_clean} ${XYTOK_TEST_SETS:-test_clean}; do
-        if [ "$s" = train_960 ]; then want_960=true; parts+=" train-clean-100 train-clean-360 train-other-500"
-        else parts+=" ${s//_/-}"; fi
-    done
-fi
-parts=$(echo $parts | tr ' ' '\n' | awk '!seen[$0]++' | tr '\n' ' ')
-for p in $parts; do
-    [[ " $all_parts " == *" $p "* ]] || { echo "local/data.sh: unknown LibriTTS part '$p' (known: $all_parts)" >&2; exit 1; }
-done
+. utils/openslr_parts.sh
+select_parts LibriTTS "$all_parts"
 
 if [ ! -d "$LIBRITTS" ]; then
     "$download" || { echo "local/data.sh: LIBRITTS=$LIBRITTS does not exist (set LIBRITTS in db.sh or the environment)" >&2; exit 1; }
@@ -62,21 +52,7 @@ if [ ! -d "$LIBRITTS" ]; then
 fi
 
 for part in $parts; do
-    pdir=$LIBRITTS/LibriTTS/$part
-    marker=$LIBRITTS/LibriTTS/.$part.complete
-    # Present if we extracted it (marker), or if it is there and no download of ours is half done.
-    if [ -f "$marker" ] || { [ -d "$pdir" ] && [ ! -e "$LIBRITTS/$part.tar.gz" ] && [ ! -e "$LIBRITTS/$part.tar.gz.part" ]; }; then
-        log "$part: using $pdir"
-    else
-        "$download" || { echo "local/data.sh: $pdir not found and --download false" >&2; exit 1; }
-        log "$part: downloading from OpenSLR 60 (resumable, sha256 + size checked) into $LIBRITTS"
-        urls=(); for m in $mirrors; do urls+=(--url "$m/$part.tar.gz"); done
-        rm_opt=(); "$remove_archive" && rm_opt=(--remove_archive)
-        python3 -m xytok.data.download "${urls[@]}" --sha256 "${SHA256[$part]}" --size "${SIZE[$part]}" \
-            --dest "$LIBRITTS/$part.tar.gz" --extract_to "$LIBRITTS" --marker "$marker" "${rm_opt[@]}" \
-            || { echo "local/data.sh: could not get LibriTTS $part (no network? download it to $LIBRITTS/$part.tar.gz or point LIBRITTS to an existing tree)" >&2; exit 1; }
-        [ -d "$pdir" ] || { echo "local/data.sh: $LIBRITTS/$part.tar.gz did not contain LibriTTS/$part" >&2; rm -f "$marker"; exit 1; }
-    fi
+    fetch_part "$LIBRITTS" LibriTTS "$part" "$mirrors" --sha256 "${SHA256[$part]}" --size "${SIZE[$part]}"
     # Scanned on every run (a header read per wav, ~0.1 ms): a file added to or removed from the
     # corpus reaches data/, and the later stages, whose fingerprints hash data/, redo what changed.
     dset=data/${part//-/_}
