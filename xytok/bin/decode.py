@@ -39,9 +39,6 @@ from xytok.cli import (CLIError, add_model_args, load_family_codec, load_model, 
                        setup_logging)
 from xytok.data.datadir import write_table
 
-SAMPLE_RATE = 16000
-SAMPLES_PER_CODE = 1280
-
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -191,11 +188,12 @@ def _run(args) -> int:
         def check(codes):
             return check_codes(codes, num_quantizers, codebook_size, use)
 
-        def decode_items(items):
-            return _decode_group(codec, items, device, args.overlap_seconds, use)
         if args.streaming:
             streamer = _Streamer(codec, args.overlap_seconds, use, args.stream_frames)
-            decode_items = streamer.decode_items  # noqa: F811
+            decode_items = streamer.decode_items
+        else:
+            def decode_items(items):
+                return _decode_group(codec, items, device, args.overlap_seconds, use)
     else:
         if args.streaming:
             raise CLIError("--streaming needs an xy model with a causal decoder (conf/train_stage2_streaming.yaml)")

@@ -120,7 +120,7 @@ def streaming_section(entries) -> str:
 
 
 def gather(exp_dir: Path, test_sets, name: str, recipe_dir: Path, plots: bool) -> list[dict]:
-    from xytok.eval.results import codec_info, find_config, find_probe, load_json, score_dirs
+    from xytok.eval.results import codec_info, find_config, find_probe, score_dirs
 
     sets = test_sets or sorted({p.parent.parent.name for p in exp_dir.glob("*/score*/summary.json")})
     probe = find_probe(exp_dir)

@@ -4,7 +4,6 @@
 e.g. 2 or 8 of the 16 kHz model's 12)."""
 from __future__ import annotations
 
-import torch
 
 from xytok.codecs.hf import HFCodec
 
