@@ -153,8 +153,9 @@ else
   "$py" -m pip install -q "${index_opt[@]}" $torch_req -e "$root[all]"
   # The speechtokenizer codec family's package, outside [all]: it requires a torchaudio that must match
   # torch exactly, while inference needs only torch + einops, so --no-deps (xytok/codecs/speechtokenizer.py).
-  "$py" -m pip install -q --no-deps 'speechtokenizer>=1.0' einops \
-    || log "WARNING: could not install speechtokenizer (its codec family and tests are unavailable)"
+  if ! "$py" -m pip install -q --no-deps 'speechtokenizer>=1.0' einops; then
+    log "ERROR: pip install --no-deps speechtokenizer einops failed (the speechtokenizer codec family)"; exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 # An editable install made while the tree was incomplete maps no packages: check from outside it.
