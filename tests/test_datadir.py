@@ -299,3 +299,15 @@ def test_core_needs_no_audio_libraries(data, tmp_path):
     assert run(data).returncode == 0
     r = run("--check-audio", data)
     assert r.returncode == 1 and "needs soundfile" in r.stderr and "s1-u0" in r.stderr
+
+
+def test_length_agrees_at_the_audio_rate_or_16k():
+    from xytok.data.datadir import _length_agrees
+
+    assert _length_agrees(16000, 16000, "16000") and not _length_agrees(16000, 16000, "16001")
+    # a data dir over 22.05 kHz sources lists 16 kHz lengths (within 1 ms)
+    assert _length_agrees(22050, 22050, "16000") and _length_agrees(22050, 22050, "16010")
+    assert not _length_agrees(22050, 22050, "15000")
+    # a dump at another rate (stage 6's raw_24000) lists lengths at that rate
+    assert _length_agrees(24000, 24000, "24000")
+    assert not _length_agrees(24000, 24000, "23000") and not _length_agrees(24000, 24000, "abc")

@@ -529,14 +529,14 @@ def _check_files(d: DataDir, path: str, name: str, check_load: bool, audio: bool
 
 
 def _length_agrees(n: int, rate: int, listed: str) -> bool:
-    """utt2num_samples lists the samples at the model's 16 kHz (the dump's, and a data dir's for other
-    source rates: recipe stage 2 resamples): exact for 16 kHz audio, else within 1 ms of n at 16 kHz
-    (metadata durations are rounded)."""
+    """utt2num_samples lists the samples at the audio's own rate (a dump's: raw, raw_<R>), or, for a
+    data dir whose source audio is at another rate, at the model's 16 kHz (recipe stage 2 resamples;
+    within 1 ms, as metadata durations are rounded)."""
     try:
         want = int(listed.strip())
     except ValueError:
         return False
-    if rate == 16000:
+    if n == want or rate == 16000:
         return n == want
     return abs(n * 16000 / rate - want) <= 16
 
