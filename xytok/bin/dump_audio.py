@@ -125,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(a.out_dir, exist_ok=True)
     out_dir = os.path.abspath(a.out_dir)
     scp_table, num_samples = {}, {}
-    n_resampled = n_clipped = n_done = 0
+    n_clipped = n_done = 0
     resampled_from = {}  # source rate -> utterances (the set summary states the conversion)
     bad = []
     prog = ProgressLog(len(entries), os.path.basename(a.wav_scp), logger=log)
@@ -146,7 +146,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, RuntimeError) as e:  # writing (disk full, permissions): stop here
             log.error("utterance %s (%s): cannot write %s: %s", utt, value, out, e)
             return 1
-        n_resampled += info.resampled
         if info.resampled:
             resampled_from[info.orig_sample_rate] = resampled_from.get(info.orig_sample_rate, 0) + 1
         scp_table[utt] = out
@@ -157,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     write_table(a.out_utt2num_samples, num_samples)
     write_table(a.out_scp, scp_table)  # last: its existence means the split is complete
     log.info("dumped %d utterances (%d already there, %d resampled to %d Hz, %d with clipping) to %s",
-             len(entries), n_done, n_resampled, a.fs, n_clipped, out_dir)
+             len(entries), n_done, sum(resampled_from.values()), a.fs, n_clipped, out_dir)
     for sr, n in sorted(resampled_from.items()):
         log.info("resampled %d -> %d Hz: %d utterance(s)", sr, a.fs, n)
     return 0
