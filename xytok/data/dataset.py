@@ -107,6 +107,7 @@ class SpeechTextDataset(torch.utils.data.Dataset):
                                 "input is resampled from the target audio, not read from 16 kHz features; set "
                                 "data.use_feats: false")
             lengths = self._setup_target_rate(lengths)
+        self._lengths16 = lengths  # 16 kHz samples per manifest row (what the sampler budgets)
         min_samples = max(CODE_HOP, int(float(min_seconds) * SAMPLE_RATE))
         keep = lengths >= min_samples
         n_short = int((~keep).sum())
@@ -208,20 +209,13 @@ class SpeechTextDataset(torch.utils.data.Dataset):
                  "and are dropped", self.source, min_hz, self.num_dropped["narrowband"], len(keep), floor_db, min_hz)
         self.index = self.index[keep]
 
-    def _num_samples_16k(self) -> np.ndarray:
-        n = np.asarray(self.manifest.num_samples)
-        return n if not self.target_rate else (n.astype(np.int64) * SAMPLE_RATE) // self.dir_rate
-
     def item_length(self, i: int) -> int:
         """16 kHz samples after crop/alignment: what the sampler budgets."""
-        n = int(self.manifest.num_samples[self.index[i]])
-        if self.target_rate:
-            n = n * SAMPLE_RATE // self.dir_rate
-        n = (n // CODE_HOP) * CODE_HOP
+        n = (int(self._lengths16[self.index[i]]) // CODE_HOP) * CODE_HOP
         return min(n, self.crop) if self.crop else n
 
     def lengths(self) -> np.ndarray:
-        n = (self._num_samples_16k()[self.index] // CODE_HOP) * CODE_HOP
+        n = (self._lengths16[self.index] // CODE_HOP) * CODE_HOP
         return np.minimum(n, self.crop) if self.crop else n
 
     def groups(self) -> np.ndarray:
@@ -278,7 +272,6 @@ class SpeechTextDataset(torch.utils.data.Dataset):
                                 f"{feats.shape} do not cover {len(wav)} samples (expected (>= {f0 + n_frames}, 80))")
             item["mel"] = torch.from_numpy(np.ascontiguousarray(feats[f0:f0 + n_frames].T, dtype=np.float32))
         return item
-
 
     def _target_item(self, index: int, epoch: int, meta: Dict[str, Any], target: np.ndarray) -> Dict[str, Any]:
         """An item whose audio is at target_rate: `target_wav` (R Hz) and `wav`, its 16 kHz encoder input
