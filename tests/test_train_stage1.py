@@ -317,3 +317,28 @@ def test_semantic_ctc_pretrain_then_stage1_starts_from_it(tmp_path):
     conf["semantic_init"] = str(tmp_path / "missing.pth")
     with pytest.raises(FileNotFoundError, match="missing.pth not found"):
         Stage1Task(conf, tmp_path / "exp").build_models()
+
+
+def test_init_param_tells_whether_whisper_towers_equal_the_checkpoint(tmp_path, caplog):
+    """--init_param (released format) after whisper_init: the checkpoint's codec replaces every tower,
+    and the log says per tower whether Whisper's weights equal the checkpoint's."""
+    import logging
+
+    from xytok.train.stage1 import Stage1Task
+    from xytok.train.trainer import load_config
+
+    conf = load_config(str(REPO / "egs/commonvoice/conf/train_stage1_debug.yaml"), {"semantic_ctc_pretrain": None},
+                       task_defaults=Stage1Task.default_config)
+    task = Stage1Task(conf, tmp_path / "exp")
+    models = task.build_models()
+    codec = models["stage1"].codec
+    # as if whisper_init had loaded the towers' current weights
+    task.config.update(whisper_init="tiny-whisper", whisper_init_towers=["semantic_encoder", "acoustic_encoder"])
+    source = {k: v.clone() for k, v in codec.state_dict().items()}
+    key = next(k for k, v in source.items() if k.startswith("acoustic_encoder.") and v.is_floating_point())
+    source[key] += 1
+    with caplog.at_level(logging.INFO, logger="xytok.train"):
+        task.init_from(models, {"generator": source})
+    assert "semantic_encoder equals whisper_init tiny-whisper" in caplog.text
+    assert "acoustic_encoder differs from whisper_init tiny-whisper" in caplog.text
+    assert all(torch.equal(v, source[k]) for k, v in codec.state_dict().items())

@@ -149,16 +149,17 @@ class Stage1Task(Task):
         # of it (strict), and the ASR branch starts fresh (e.g. adapting to a new language).
         from xytok.checkpoint import codec_weights, load_state_strict
 
+        weights = codec_weights(sources, "--init_param")
+        # whisper_init ran first: compare its towers with the checkpoint's before these replace them
         towers = tuple(self.config.get("whisper_init_towers") or ()) if self.config.get("whisper_init") else ()
-        before = {t: {k: v.clone() for k, v in getattr(model.codec, t).state_dict().items()} for t in towers}
-        load_state_strict(model.codec, codec_weights(sources, "--init_param"), source="--init_param")
+        same = {t: all(f"{t}.{k}" in weights and torch.equal(v, weights[f"{t}.{k}"].to(v.device, v.dtype))
+                       for k, v in getattr(model.codec, t).state_dict().items()) for t in towers}
+        load_state_strict(model.codec, weights, source="--init_param")
         log.info("--init_param: codec weights loaded (%s); the ASR branch keeps its fresh init",
                  "released format" if "models" not in state else "the codec of a training checkpoint")
-        for tower, old in before.items():  # whisper_init ran first; the checkpoint's weights are kept
-            new = getattr(model.codec, tower).state_dict()
-            same = all(torch.equal(old[k], new[k]) for k in old)
+        for tower, equal in same.items():
             log.info("--init_param: %s %s whisper_init %s; the checkpoint's weights are used", tower,
-                     "equals" if same else "differs from", self.config["whisper_init"])
+                     "equals" if equal else "differs from", self.config["whisper_init"])
 
     # -- steps --------------------------------------------------------------------------------
     def _losses(self, model, batch, ctx, run_asr=True):
