@@ -10,7 +10,7 @@ from pathlib import Path
 from xytok.eval.metrics import SAMPLE_RATE
 from xytok.eval.mos import PROTOCOL as MOS_PROTOCOL, output_columns
 from xytok.eval.stats import CI_METHOD, mean_ci
-from xytok.eval.wer import CER_DEFINITION, CER_LANGUAGES, corpus_error_counts, resolve_asr_metric
+from xytok.eval.wer import CER_DEFINITION, CER_LANGUAGES, WER_DEFINITION, corpus_error_counts, resolve_asr_metric
 
 PROTOCOL = {
     "sample_rate": SAMPLE_RATE,
@@ -22,7 +22,7 @@ PROTOCOL = {
     "stoi": "pystoi.stoi(ref, deg, 16000, extended=False)",
     "estoi": "pystoi.stoi(ref, deg, 16000, extended=True)",
     "sim": "cosine similarity of speaker embeddings of ref and hyp",
-    "wer": "corpus WER = (S+D+I)/N over all scored utterances, jiwer alignment, after one normaliser",
+    "wer": WER_DEFINITION,  # CER_DEFINITION for a run scored by CER (write_outputs)
     "dnsmos": MOS_PROTOCOL,
     "failures": "recorded per utterance and excluded from means (never counted as 0, 1 or -7)",
     "ci": CI_METHOD,
