@@ -136,11 +136,6 @@ _SPLIT_RE = re.compile(f"([{_SPLIT_CHARS}])")
 _SPACE_NEXT_TO_SPLIT_RE = re.compile(f"(?<=[{_SPLIT_CHARS}]) +| +(?=[{_SPLIT_CHARS}])")
 
 
-def is_split_char(ch: str) -> bool:
-    """True for a character `basic_multilingual` makes a token of its own (Han, Hiragana, Katakana)."""
-    return bool(_SPLIT_RE.fullmatch(ch))
-
-
 def join_split_chars(text: str) -> str:
     """Drop the spaces `basic_multilingual` put next to Han/kana characters ("我 用 iphone 拍 照" ->
     "我用iphone拍照"); spaces between other words stay. For character-level models (the probe)."""
