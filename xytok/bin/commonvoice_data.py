@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Set, Tuple
 
-from xytok.data.datadir import atomic_directory, sorted_ids, utt2spk_to_spk2utt, write_table
+from xytok.bin.librispeech_data import DataPrepError, write_data_dir
 from xytok.progress import ProgressLog
 
 log = logging.getLogger("xytok.commonvoice_data")
@@ -47,10 +47,6 @@ DOWNLOAD_HINT = ("download it from https://commonvoice.mozilla.org/datasets (acc
                  "or pass the release tarball with --local_data_opts \"--archive PATH\"")
 # A language code as Common Voice names its folders: en, de, zh-CN, sv-SE, cy, ...
 LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]+)*$")
-
-
-class DataPrepError(RuntimeError):
-    """Bad or missing corpus input; the message names the file and the problem."""
 
 
 class Row(NamedTuple):
@@ -215,19 +211,12 @@ def prepare(cv_dir: Path, lang: str, out_dir: Path, sets: Tuple[str, str, str], 
         if not rows:
             raise DataPrepError(f"{lang_dir / (train_tsv if s == 'train' else s)}.tsv: no usable row "
                                 f"(dropped: {dropped})")
-        table = {}
-        for r in rows:
-            sp = spk[r.client_id]
-            table[f"{sp}-{Path(r.clip).stem}"] = (str(clips_abs / r.clip), r.text, sp)
-        table = {u: table[u] for u in sorted_ids(table)}  # spk2utt lists each speaker's utts in C order
-        with atomic_directory(Path(out_dir) / name) as tmp_dir:
-            tmp = Path(tmp_dir)
-            for fname, k in (("wav.scp", 0), ("text", 1), ("utt2spk", 2)):
-                write_table(str(tmp / fname), {u: v[k] for u, v in table.items()})
-            write_table(str(tmp / "spk2utt"), utt2spk_to_spk2utt({u: v[2] for u, v in table.items()}))
+        table = sorted(((f"{spk[r.client_id]}-{Path(r.clip).stem}", str(clips_abs / r.clip), r.text, spk[r.client_id])
+                        for r in rows), key=lambda row: row[0].encode())
+        write_data_dir(table, Path(out_dir) / name)
         sizes[name] = len(table)
         log.info("%s: %d utterances, %d speakers -> %s; dropped: %s", name, len(table),
-                 len({v[2] for v in table.values()}), Path(out_dir) / name, dropped)
+                 len({row[3] for row in table}), Path(out_dir) / name, dropped)
     return sizes
 
 
