@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xytok.pretrained import resolve_rates
+
 __all__ = ["StreamingDecoder", "StreamingSpec", "NotStreamableError", "streaming_spec", "spec_from_params",
            "decode_stream", "latency"]
 
@@ -127,12 +129,7 @@ def spec_from_params(params: dict) -> StreamingSpec:
     upsample = int(params.get("upsample_kwargs", {}).get("stride", 4))
     feature_upsample = int(decoder.get("stride_size", 2))
     hop, n_fft = int(vocos.get("hop_size", 160)), int(vocos.get("n_fft", 640))
-    # code frame = mel hop x encoder stride x downsample factor input samples (80 ms at 16 kHz)
-    input_rate = int(params.get("input_sample_rate", 16000))
-    code_input_samples = int(params.get("feature_extractor_kwargs", {}).get("hop_length", 160)) * \
-        int(params.get("acoustic_encoder_kwargs", {}).get("stride_size", 2)) * \
-        int(params.get("downsample_kwargs", {}).get("avg_pooler", 4))
-    sample_rate = round(upsample * feature_upsample * hop * input_rate / code_input_samples)
+    sample_rate = resolve_rates(params, "generator_params")["output_sample_rate"]
     return StreamingSpec(int(adapter.get("chunk_frames", 0)), int(adapter.get("lookahead_frames", 0)),
                          int(decoder.get("chunk_frames", 0)), upsample, feature_upsample, hop, n_fft, sample_rate)
 
