@@ -80,6 +80,17 @@ def test_asr_metric_choice():
         resolve_asr_metric("ter", "en")
 
 
+def test_cli_help_lists_the_cer_languages():
+    """The hand-written language lists of --help (the parsers import no metric code) match CER_LANGUAGES."""
+    from xytok.bin.probe import __doc__ as probe_doc
+    from xytok.bin.score import get_parser
+    from xytok.eval.wer import CER_LANGUAGES
+
+    listed = "(" + ", ".join(sorted(CER_LANGUAGES, key=["zh", "yue", "ja", "th", "lo", "my", "km", "bo"].index)) + ")"
+    metric_help = next(a.help for a in get_parser()._actions if a.dest == "asr_metric")
+    assert listed in " ".join(metric_help.split()) and listed in " ".join(probe_doc.split())
+
+
 # ----------------------------------------------------------------------------- tiny multilingual Whisper
 SPECIALS = ["<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
             "<|notimestamps|>"]
