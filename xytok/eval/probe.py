@@ -276,9 +276,10 @@ def open_features(path: str | os.PathLike) -> FeatureStore:
     return FeatureStore(path)
 
 
-def unfeaturised(scp: str | os.PathLike) -> dict:
-    """{utt: reason} of the utterances `cache_features` could not featurise into `scp`."""
-    meta = Path(scp).with_suffix(".meta.json")
+def unfeaturised(store: str | os.PathLike) -> dict:
+    """{utt: reason} of the utterances `cache_features` could not featurise into the store
+    FEAT_DIR/NAME (read from FEAT_DIR/NAME.meta.json)."""
+    meta = Path(store).with_suffix(".meta.json")
     return json.loads(meta.read_text()).get("unfeaturised", {}) if meta.is_file() else {}
 
 
