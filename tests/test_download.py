@@ -117,3 +117,17 @@ def test_mirror_fallback_and_missing(server, tmp_path):
 def test_help():
     r = subprocess.run([sys.executable, "-m", "xytok.data.download", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--md5" in r.stdout
+
+
+def test_sha256_instead_of_md5(server, tmp_path):
+    dest = tmp_path / "s.tar.gz"
+    with pytest.raises(DownloadError, match="sha256 mismatch"):
+        download(f"{server}/s.tar.gz", dest, sha256="0" * 64, retries=1)
+    assert not dest.exists() and not (tmp_path / "s.tar.gz.part").exists()
+    download(f"{server}/s.tar.gz", dest, sha256=hashlib.sha256(PAYLOAD).hexdigest(), size=len(PAYLOAD))
+    assert dest.read_bytes() == PAYLOAD
+    with pytest.raises(ValueError, match="not both"):
+        download(f"{server}/s.tar.gz", dest, md5=MD5, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    r = subprocess.run([sys.executable, "-m", "xytok.data.download", "--url", f"{server}/s.tar.gz", "--md5", MD5,
+                        "--sha256", "0" * 64, "--dest", str(dest)], capture_output=True, text=True)
+    assert r.returncode == 2 and "not allowed with argument" in r.stderr

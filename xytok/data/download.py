@@ -188,11 +188,12 @@ def extract(archive: str | os.PathLike, to_dir: str | os.PathLike, marker: Optio
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m xytok.data.download",
-        description="Resumable download (HTTP Range) with size/md5 verification and optional tar extraction.")
+        description="Resumable download (HTTP Range) with size and md5/sha256 verification and optional tar extraction.")
     p.add_argument("--url", action="append", required=True, help="URL; repeat for mirrors (tried in order)")
     p.add_argument("--dest", required=True, help="output file (partial data goes to DEST.part)")
-    p.add_argument("--md5", default=None, help="expected md5 (hex)")
-    p.add_argument("--sha256", default=None, help="expected sha256 (hex), instead of --md5")
+    digest = p.add_mutually_exclusive_group()
+    digest.add_argument("--md5", default=None, help="expected md5 (hex)")
+    digest.add_argument("--sha256", default=None, help="expected sha256 (hex), instead of --md5")
     p.add_argument("--size", type=int, default=None, help="expected size in bytes")
     p.add_argument("--extract_to", default=None, help="extract the archive into this directory")
     p.add_argument("--marker", default=None, help="marker file written after extraction")
