@@ -309,7 +309,7 @@ if run_stage 1; then
             split_scp "data/$dset/wav.scp" "$_chk/logs" wav "$_nj"
             # shellcheck disable=SC2086
             ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$_chk/logs/check_audio.JOB.log" \
-                python3 -m xytok.bin.datadir check-audio --report "$_chk/logs/bad.JOB" "$_chk/logs/wav.JOB.scp" \
+                ${python} -m xytok.bin.datadir check-audio --report "$_chk/logs/bad.JOB" "$_chk/logs/wav.JOB.scp" \
                 || die "data/$dset: the audio check itself failed (see $_chk/logs/check_audio.*.log)"
             _bad=$(for i in $(seq "$_nj"); do cat "$_chk/logs/bad.$i"; done)
             if [ -n "$_bad" ]; then
