@@ -108,7 +108,9 @@ def prepare(metadata: str, out: str, set_name: Optional[str] = None, audio_root:
     first_line: Dict[str, int] = {}
     wav, text_t, utt2spk, num_samples = {}, {}, {}, {}
     rates: Dict[int, int] = {}
-    for n, utt, path, speaker, text in rows:
+    for i, (n, utt, path, speaker, text) in enumerate(rows, 1):
+        if i % 5000 == 0:  # a large corpus: one audio header read per line
+            log(f"prepare_data: {metadata}: audio headers of {i}/{len(rows)} utterances read")
         if utt in first_line:
             problems.append(f"line {n} ({path}): duplicate utterance id {utt!r} (also line {first_line[utt]}); "
                             f"ids are <speaker>-<file name>, so file names must differ within a speaker")
