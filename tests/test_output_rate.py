@@ -348,3 +348,21 @@ def test_librispeech_layout_stage6_24k_warns_upsampled(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert out.count("already dumped at 24000 Hz, up to date") == 2 and "dumping again" not in out
+
+
+def test_config_output_rate_follows_the_decoder_overrides(tmp_path):
+    """Recipe stage 6 picks the dump rate with config_output_rate: the decoder's rate after overrides."""
+    from xytok.train.stage2 import config_output_rate
+
+    def rate(conf):
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(conf))
+        return config_output_rate(str(path))
+
+    assert rate({}) == 16000
+    assert rate({"generator_overrides": {"vocos_kwargs": {"n_fft": 960, "hop_size": 240}}}) == 24000
+    # a 16 kHz base's legacy sample_rate follows the overridden decoder, as in training
+    assert rate({"generator_params": {"sample_rate": 16000, "vocos_kwargs": {"hop_size": 160}},
+                 "generator_overrides": {"vocos_kwargs": {"hop_size": 320}}}) == 32000
+    # every stride of the decoder counts, not only the Vocos hop
+    assert rate({"generator_overrides": {"upsample_kwargs": {"stride": 6}}}) == 24000

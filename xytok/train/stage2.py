@@ -73,9 +73,9 @@ def config_output_rate(path: str) -> int:
     base = conf.get("generator_params") or {}
     if not base and not over:
         return SAMPLE_RATE
-    vocos = {**(base.get("vocos_kwargs") or {}), **(over.get("vocos_kwargs") or {})}
-    hop = int(vocos.get("hop_size", 160))
-    return SAMPLE_RATE * hop // 160
+    # the legacy one-rate `sample_rate` of a 16 kHz base follows the overridden decoder (as in training)
+    merged = {k: v for k, v in deep_merge(base, over).items() if k != "sample_rate" or "sample_rate" in over}
+    return resolve_rates(merged, path)["output_sample_rate"]
 
 # Always frozen in stage 2: everything that decides the codes.
 TOKENIZER_MODULES = ("semantic_encoder", "semantic_encoder_adapter", "acoustic_encoder",
@@ -580,4 +580,3 @@ class Stage2Task(Task):
         state = ctx.raw_models["generator"].state_dict()
         write_pretrained(state, self.generator_params, out_dir)
         log.info("exported stage-2 codec to %s (%d tensors)", out_dir, len(state))
-
