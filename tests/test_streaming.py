@@ -229,6 +229,10 @@ def test_cli_decode_streaming(c1k2, tmp_path, caplog):
     assert main([str(codes_dir), str(tmp_path / "out2"), "--model_dir", str(plain), "--streaming",
                  "--no_progress"]) != 0
     assert "was not trained causal" in caplog.text
+    caplog.clear()
+    assert main([str(codes_dir), str(tmp_path / "out3"), "--model_dir", str(model), "--stream_frames", "2",
+                 "--no_progress"]) != 0
+    assert "--stream_frames only applies with --streaming" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------- recipes

@@ -166,6 +166,8 @@ def _run(args) -> int:
     from xytok.audio import write_wav
     from xytok.io_codes import CodesError, CodesReader
 
+    if args.stream_frames is not None and not args.streaming:
+        raise CLIError("--stream_frames only applies with --streaming")
     if not os.path.exists(args.input):
         raise CLIError(f"input not found: {args.input}")
     try:
