@@ -290,7 +290,6 @@ def _dist(a: dict, b: dict, prefix: str = "") -> float:
 
 
 def test_adapt_released_model_to_new_language(recipe, tmp_path):
-    pytest.importorskip("transformers")
     rdir, _, _, env = recipe
     released, whisper, qwen = tmp_path / "released", tmp_path / "whisper", tmp_path / "qwen"
     ckpt_state = _tiny_released_checkpoint(released)

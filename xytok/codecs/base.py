@@ -55,6 +55,13 @@ class Codec:
                 "bps": self.bps()}
 
     # ------------------------------------------------------------------ checks
+    def _fit_length(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
+        """Trim or zero-pad a decoded waveform to frames × hop samples (what the codes cover)."""
+        n = frames * self.hop_length
+        if wav.numel() >= n:
+            return wav[:n]
+        return torch.nn.functional.pad(wav, (0, n - wav.numel()))
+
     def _check_wav(self, i: int, w) -> torch.Tensor:
         w = torch.as_tensor(np.asarray(w) if not torch.is_tensor(w) else w)
         if w.dim() != 1:

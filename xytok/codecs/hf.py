@@ -49,9 +49,3 @@ class HFCodec(Codec):
     def frame_rate_of(config) -> float:
         return float(config.frame_rate)
 
-    def _fit_length(self, wav: torch.Tensor, frames: int) -> torch.Tensor:
-        """Trim or zero-pad a decoded waveform to frames × hop samples (what the codes cover)."""
-        n = frames * self.hop_length
-        if wav.numel() >= n:
-            return wav[:n]
-        return torch.nn.functional.pad(wav, (0, n - wav.numel()))

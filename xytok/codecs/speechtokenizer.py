@@ -121,9 +121,7 @@ class SpeechTokenizerCodec(Codec):
         return codes[:, 0]
 
     def _decode_one(self, codes):
-        wav = self.model.decode(codes.unsqueeze(1)).reshape(-1)
-        n = codes.shape[1] * self._hop
-        return wav[:n] if wav.numel() >= n else torch.nn.functional.pad(wav, (0, n - wav.numel()))
+        return self._fit_length(self.model.decode(codes.unsqueeze(1)).reshape(-1), codes.shape[1])
 
     def _embed_one(self, wav):
         # sum of the emitted layers' codewords (the decoder's input), (T, dimension)
