@@ -330,3 +330,32 @@ def test_librispeech_layout_stage6_streaming_debug(tmp_path):
     wavs = [torch.from_numpy(sf.read(p, dtype="float32")[0])
             for p in list(read_kv(rdir / "dump/raw/test_clean/wav.scp").values())[:2]]
     _check_streaming_export(rdir / "exp/stage2_streaming_debug/export", load_codec(str(CONFIG), str(CKPT)), wavs)
+
+
+def test_merge_streaming_reports(tmp_path, capsys):
+    from xytok.bin.merge_streaming_reports import main
+
+    fixed = {"chunk_frames": 1, "lookahead_frames": 2, "algorithmic_latency_ms": 255.0}
+    jobs = [{**fixed, "utterances": 1, "audio_seconds": 2.0, "compute_seconds": 1.0, "rtf": 0.5,
+             "first_audio_compute_ms_mean": 10.0, "first_audio_compute_ms_max": 10.0},
+            {**fixed, "utterances": 3, "audio_seconds": 6.0, "compute_seconds": 1.0, "rtf": 1 / 6,
+             "first_audio_compute_ms_mean": 20.0, "first_audio_compute_ms_max": 30.0}]
+    paths = []
+    for i, job in enumerate(jobs):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(job))
+    out = tmp_path / "merged.json"
+    assert main(["--out", str(out)] + [str(p) for p in paths]) == 0
+    merged = json.loads(out.read_text())
+    assert merged["utterances"] == 4 and merged["jobs"] == 2 and merged["rtf"] == pytest.approx(0.25)
+    assert merged["first_audio_compute_ms_mean"] == pytest.approx(17.5)
+    assert merged["first_audio_compute_ms_max"] == 30.0 and merged["algorithmic_latency_ms"] == 255.0
+    # a file that is not a streaming report: named, with what it lacks
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"utterances": 1}))
+    assert main(["--out", str(out), str(paths[0]), str(bad)]) == 1
+    assert f"{bad}: not a streaming.json" in capsys.readouterr().err
+    # different models: refused
+    paths[1].write_text(json.dumps({**jobs[1], "chunk_frames": 2}))
+    assert main(["--out", str(out)] + [str(p) for p in paths]) == 1
+    assert "not the same model/chunking" in capsys.readouterr().err

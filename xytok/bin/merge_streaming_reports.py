@@ -46,7 +46,12 @@ def main(argv=None) -> int:
     for path in a.reports:
         try:
             with open(path) as f:
-                reports.append(json.load(f))
+                report = json.load(f)
+            missing = ([k for k in SUMMED + PER_JOB if k not in report] if isinstance(report, dict)
+                       else ["(not a mapping)"])
+            if missing:
+                raise ValueError(f"not a streaming.json of `xytok decode --streaming`: lacks {', '.join(missing)}")
+            reports.append(report)
         except (OSError, ValueError) as e:
             print(f"merge_streaming_reports: {path}: {e}", file=sys.stderr)
             return 1
