@@ -14,6 +14,7 @@ import gc
 import logging
 import multiprocessing as mp
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 from xytok.eval.inputs import SAMPLE_RATE, AudioReadError, load_wav_info
@@ -207,13 +208,9 @@ def resampled_counts(results) -> dict:
     """{"reference"|"reconstruction": {rate: n files}} for files not at 16 kHz (resampled to 16 kHz
     for every metric, xytok.audio.resample)."""
     out = {}
-    for side in ("reference", "reconstruction"):
-        rates = [r.ref_sample_rate if side == "reference" else r.hyp_sample_rate for r in results]
-        counts = {}
-        for rate in rates:
-            if rate and rate != SAMPLE_RATE:
-                counts[rate] = counts.get(rate, 0) + 1
-        out[side] = dict(sorted(counts.items()))
+    for side, attr in (("reference", "ref_sample_rate"), ("reconstruction", "hyp_sample_rate")):
+        counts = Counter(getattr(r, attr) for r in results)
+        out[side] = {rate: n for rate, n in sorted(counts.items()) if rate and rate != SAMPLE_RATE}
     return out
 
 
@@ -227,7 +224,7 @@ def log_resampling(results) -> None:
 def run_scoring(ref_list: dict, hyp_list: dict, cfg: ScoreConfig, nj: int = 1) -> list[UttResult]:
     """Score every utterance in `ref_list` (hyp missing -> recorded failure), `nj` processes.
 
-    Raises BackendError before scoring anything when an ASR/SIM backend cannot be built."""
+    Raises BackendError before scoring anything when an ASR/SIM/UTMOS backend cannot be built."""
     unknown = set(cfg.metrics) - set(ALL_METRICS)
     if unknown:
         raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(ALL_METRICS)}")
