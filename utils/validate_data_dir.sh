@@ -2,8 +2,8 @@
 # Usage: utils/validate_data_dir.sh [--no-feats] [--no-text] [--check-audio] [--fs 16000] <data>
 # Checks: LC_ALL=C-sorted unique ids, utt2spk/spk2utt consistent, every per-utterance file covers
 # the same utterances, no empty transcripts, referenced files exist; with --check-audio every audio
-# (and feature) entry is read: non-empty, sample rate == --fs, length == utt2num_samples (16 kHz
-# lengths: exact for 16 kHz audio, within 1 ms for other rates).
+# (and feature) entry is read: non-empty, sample rate == --fs, length == utt2num_samples (at the
+# audio's own rate, or at 16 kHz within 1 ms for audio at another rate).
 # Recipe stage 1 runs a faster audio check of its own (headers + a few frames of every file, all sets,
 # every bad file listed): python -m xytok.bin.datadir check-audio <wav.scp>.
 # Exits 1 listing every problem with the file and the utterance ids.
