@@ -243,6 +243,32 @@ fp_dump_filtered() {
     fi
 }
 
+# dump_jobs DSET SRC_SCP META_DIR DIR FS NJ [dump_audio options]: SRC_SCP's audio dumped as FS Hz mono
+# into DIR in NJ jobs (logs: DIR/logs/dump_audio.*.log). Every bad file of every job is listed at
+# once (the finished audio is kept for the re-run) and the rate conversions are logged per set. DIR
+# then holds wav.scp, utt2num_samples, META_DIR's text/utt2spk/spk2utt, feats_type and fs, validated.
+dump_jobs() {
+    local dset=$1 scp=$2 meta=$3 dir=$4 rate=$5 n=$6 i; shift 6
+    split_scp "$scp" "$dir/logs" wav "$n"
+    if ! ${train_cmd} --num_threads 1 JOB=1:"$n" "$dir/logs/dump_audio.JOB.log" \
+        ${python} -m xytok.bin.dump_audio --wav_scp "$dir/logs/wav.JOB.scp" --out_dir "$dir/data" \
+            --out_scp "$dir/logs/out_wav.JOB.scp" --out_utt2num_samples "$dir/logs/utt2num_samples.JOB" \
+            --fs "$rate" "$@"; then
+        grep -h "BAD AUDIO" "$dir"/logs/dump_audio.*.log >&2 || true
+        die "$dset: dumping failed (logs: $dir/logs/dump_audio.*.log); unusable audio: drop those utterances in local/data.sh"
+    fi
+    # the rate conversions of all jobs, summed per source rate (dump_audio logs them per job)
+    awk '/resampled [0-9]+ -> [0-9]+ Hz:/ { for (i = 1; i <= NF; i++) if ($i == "resampled") k = $(i+1) " -> " $(i+3) " Hz"; n[k] += $(NF-1) + 0 }
+         END { for (k in n) printf "%s: %d utterance(s)\n", k, n[k] }' "$dir"/logs/dump_audio.*.log \
+        | while read -r _line; do log "  $dset: resampled $_line"; done
+    for i in $(seq "$n"); do cat "$dir/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$dir/wav.scp"
+    for i in $(seq "$n"); do cat "$dir/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$dir/utt2num_samples"
+    cp "$meta/text" "$meta/utt2spk" "$meta/spk2utt" "$dir/"
+    echo raw > "$dir/feats_type"
+    echo "$rate" > "$dir/fs"
+    utils/validate_data_dir.sh --no-feats "$dir"
+}
+
 # subset_by_utts DIR_IN DIR_OUT UTTLIST: copy a data dir keeping only the listed utterances.
 subset_by_utts() {
     local in=$1 out=$2 list=$3 f
@@ -360,7 +386,6 @@ if run_stage 2; then
             mkdir -p "$org/logs"
             echo "$_layout" > "$org/logs/layout"
             cp "$src/wav.scp" "$org/logs/src_wav.scp"  # what the dumped audio is made from
-            split_scp "$src/wav.scp" "$org/logs" wav "$_nj"
             log "  $dset: $(wc -l < "$src/wav.scp") utterances as $audio_format, $_nj jobs (logs: $org/logs/dump_audio.*.log)"
             fmt_opts="--audio_format $audio_format"
             if [ "$audio_format" = shards ]; then
@@ -369,24 +394,7 @@ if run_stage 2; then
                 [ -f "$src/utt2num_samples" ] && fmt_opts+=" --utt2num_samples $src/utt2num_samples"
             fi
             # shellcheck disable=SC2086
-            if ! ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$org/logs/dump_audio.JOB.log" \
-                ${python} -m xytok.bin.dump_audio --wav_scp "$org/logs/wav.JOB.scp" \
-                    --out_dir "$org/data" --out_scp "$org/logs/out_wav.JOB.scp" \
-                    --out_utt2num_samples "$org/logs/utt2num_samples.JOB" --fs "$fs" ${fmt_opts}; then
-                # every bad file of every job, in one list (the finished audio is kept for the re-run)
-                grep -h "BAD AUDIO" "$org"/logs/dump_audio.*.log >&2 || true
-                die "$dset: dumping failed (logs: $org/logs/dump_audio.*.log); unusable audio: drop those utterances in local/data.sh"
-            fi
-            # the rate conversions of all jobs, summed per source rate (dump_audio logs them per job)
-            awk '/resampled [0-9]+ -> [0-9]+ Hz:/ { for (i = 1; i <= NF; i++) if ($i == "resampled") k = $(i+1) " -> " $(i+3) " Hz"; n[k] += $(NF-1) + 0 }
-                 END { for (k in n) printf "%s: %d utterance(s)\n", k, n[k] }' "$org"/logs/dump_audio.*.log \
-                | while read -r _line; do log "  $dset: resampled $_line"; done
-            for i in $(seq "$_nj"); do cat "$org/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$org/wav.scp"
-            for i in $(seq "$_nj"); do cat "$org/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$org/utt2num_samples"
-            cp "$src/text" "$src/utt2spk" "$src/spk2utt" "$org/"
-            echo raw > "$org/feats_type"
-            echo "$fs" > "$org/fs"
-            utils/validate_data_dir.sh --no-feats "$org"
+            dump_jobs "$dset" "$src/wav.scp" "$src" "$org" "$fs" "$_nj" ${fmt_opts}
             fp_dump_org "$dset"
             mark_done "$org/.done" "${_fp[@]}"
         fi
@@ -609,20 +617,9 @@ if run_stage 6; then
             awk 'NR==FNR { keep[$1] = 1; next } ($1 in keep)' "$data_feats/$dset/wav.scp" "data/$dset/wav.scp" \
                 > "$d/logs/src.scp"
             _nj=$(min "$nj" "$(wc -l < "$d/logs/src.scp")")
-            split_scp "$d/logs/src.scp" "$d/logs" wav "$_nj"
             log "  $dset: $(wc -l < "$d/logs/src.scp") utterances at ${_out_fs} Hz, $_nj jobs (logs: $d/logs/dump_audio.*.log)"
-            if ! ${train_cmd} --num_threads 1 JOB=1:"$_nj" "$d/logs/dump_audio.JOB.log" \
-                ${python} -m xytok.bin.dump_audio --wav_scp "$d/logs/wav.JOB.scp" --out_dir "$d/data" \
-                    --out_scp "$d/logs/out_wav.JOB.scp" --out_utt2num_samples "$d/logs/utt2num_samples.JOB" --fs "$_out_fs"; then
-                grep -h "BAD AUDIO" "$d"/logs/dump_audio.*.log >&2 || true
-                die "$dset: dumping at ${_out_fs} Hz failed (logs: $d/logs/dump_audio.*.log)"
-            fi
-            for i in $(seq "$_nj"); do cat "$d/logs/out_wav.$i.scp"; done | LC_ALL=C sort > "$d/wav.scp"
-            for i in $(seq "$_nj"); do cat "$d/logs/utt2num_samples.$i"; done | LC_ALL=C sort > "$d/utt2num_samples"
-            cp "$data_feats/$dset/text" "$data_feats/$dset/utt2spk" "$data_feats/$dset/spk2utt" "$d/"
-            echo raw > "$d/feats_type"; echo "$_out_fs" > "$d/fs"
+            dump_jobs "$dset" "$d/logs/src.scp" "$data_feats/$dset" "$d" "$_out_fs" "$_nj"
             echo "$data_feats/$dset" > "$d/encoder_input"  # the encoder reads this 16 kHz dump (xytok.data.dataset)
-            utils/validate_data_dir.sh --no-feats "$d"
             mark_done "$d/.done" "${_fp[@]}"
         done
         _s2_data=(--train_data "$_rdump/$train_set" --valid_data "$_rdump/$valid_set")
